@@ -1,0 +1,76 @@
+"""Statistics of the first slice search.
+
+Null hypothesis of every test: the slice's error rate equals its complement's (errors are
+exchangeable given the margins). Alternative: the slice's error rate is higher (one-sided).
+Calibration: with error labels independent of the metadata, BH at alpha keeps the share of runs
+with any flagged slice near or below alpha (under the global null, FDR = P(any discovery)).
+Power: a planted slice with a raised error rate is flagged, and ranked first.
+"""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from vbugs_ray.slices import SearchSettings, search_slices
+from vbugs_ray.slices import stats
+
+
+def _table(rng, n=4000, features=4, card=4):
+    return {f"f{j}": rng.integers(0, card, n).astype(str) for j in range(features)}
+
+
+def test_fisher_matches_scipy():
+    k_s, n_s, k_c, n_c = 9, 40, 30, 500
+    ours = np.exp(stats.fisher_greater_log(np.array([k_s]), np.array([n_s]), k_s + k_c, n_s + n_c))[0]
+    ref = sps.fisher_exact([[k_s, n_s - k_s], [k_c, n_c - k_c]], alternative="greater").pvalue
+    assert ours == pytest.approx(ref, rel=1e-9)
+
+
+def test_effect_and_interval():
+    assert stats.effect_size(np.array([0.5]), np.array([0.5]))[0] == 0
+    assert stats.effect_size(np.array([0.6]), np.array([0.1]))[0] > 1
+    low, high = stats.clopper_pearson(np.array([5]), np.array([50]))
+    ref = sps.binomtest(5, 50).proportion_ci(method="exact")
+    assert (low[0], high[0]) == pytest.approx((ref.low, ref.high))
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.2])
+def test_calibration_no_planted_slice(alpha):
+    """Shuffled (independent) errors: runs with any discovery <= alpha, up to binomial noise."""
+    runs, any_flagged = 40, 0
+    settings = SearchSettings(alpha=alpha, min_support=20, max_order=2, min_effect=0.0)
+    for seed in range(runs):
+        rng = np.random.default_rng(seed)
+        cols = _table(rng)
+        errors = rng.permutation(rng.random(4000) < 0.1)
+        any_flagged += bool(search_slices(cols, errors, settings).flagged)
+    # one-sided binomial bound: P(X >= limit | p = alpha) < 1%
+    limit = sps.binom.ppf(0.99, runs, alpha)
+    assert any_flagged <= limit, f"{any_flagged}/{runs} null runs flagged something at alpha={alpha}"
+
+
+def test_power_planted_order_two_slice():
+    rng = np.random.default_rng(7)
+    cols = _table(rng, n=6000)
+    inside = (cols["f1"] == "2") & (cols["f3"] == "0")
+    errors = np.where(inside, rng.random(6000) < 0.35, rng.random(6000) < 0.05)
+    result = search_slices(cols, errors, SearchSettings(alpha=0.05, min_support=20, max_order=2))
+    assert result.flagged, "planted slice not found"
+    assert result.flagged[0]["predicates"] == {"f1": "2", "f3": "0"}
+    top = result.flagged[0]
+    assert top["n"] == int(inside.sum()) and top["errors"] == int(errors[inside].sum())
+    assert top["q_value"] <= 0.05 and top["error_rate"] > top["complement_error_rate"]
+    assert top["ci_low"] <= top["error_rate"] <= top["ci_high"]
+    assert result.n_tested == 4 * 4 + 6 * 16
+
+
+def test_min_support_and_effect_filter():
+    rng = np.random.default_rng(3)
+    cols = _table(rng, n=3000)
+    errors = rng.random(3000) < 0.05
+    big = search_slices(cols, errors, SearchSettings(min_support=10_000))
+    assert big.n_tested == 0 and big.flagged == []
+    inside = cols["f0"] == "1"
+    errors = np.where(inside, rng.random(3000) < 0.09, errors)  # significant but small effect
+    strict = search_slices(cols, errors, SearchSettings(min_effect=5.0))
+    assert strict.flagged == []

@@ -1,0 +1,101 @@
+"""One audit, end to end: spec -> grid -> (Ray Data stages) -> run store -> slice search -> report.
+
+This is the public entry point (``vbugs_ray.audit``); the CLI is a thin shell around it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from vbugs_ray.grid import build_grid
+from vbugs_ray.pipeline import make_executor
+from vbugs_ray.report import build_report, write_report
+from vbugs_ray.roles import registry
+from vbugs_ray.slices import SearchSettings, search_slices
+from vbugs_ray.spec import AuditSpec
+from vbugs_ray.store import RunStore, plan_shards
+
+Progress = Callable[[str], None]
+
+
+def _log(message: str) -> None:
+    print(f"[vbugs] {message}", file=sys.stderr, flush=True)
+
+
+def _start_ray(spec: AuditSpec, progress: Progress) -> bool:
+    """Connect to (or start) Ray; True if this call started it and should shut it down."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = spec.run.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    # Logical CPUs above the core count let several fractional-CPU actor pools and Ray Data's
+    # read/write tasks coexist on a small machine instead of deadlocking on CPU reservations.
+    num_cpus = spec.run.ray_num_cpus or max(os.cpu_count() or 1, 8)
+    progress(f"starting a local Ray with {num_cpus} logical CPUs")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _log) -> RunStore:
+    """Fill the run store with every grid row (resumes: finished shards are skipped)."""
+    store = RunStore(run_dir)
+    store.open_for(spec)
+    grid = build_grid(spec)
+    shards = plan_shards(grid.num_rows, spec.run.shard_rows)
+    done = store.done_shards()
+    pending = [s for s in shards if s[0] not in done]
+    progress(f"{grid.num_rows} images in {len(shards)} shards; {len(shards) - len(pending)} already done")
+    if not pending:
+        return store
+    for role in ("generator", "classifier", "embedder"):
+        registry.prepare(role, getattr(spec, role), spec, progress)
+
+    started = _start_ray(spec, progress) if spec.run.executor == "ray" else False
+    executor = make_executor(spec)
+    try:
+        t0 = time.time()
+        for n_done, (index, start, stop) in enumerate(pending, 1):
+            staging = store.begin_shard(index)
+            executor.run_shard(grid.slice(start, stop - start), staging)
+            store.commit_shard(index)
+            progress(f"shard {index + 1}/{len(shards)} written ({stop - start} rows; "
+                     f"{n_done}/{len(pending)} pending done, {time.time() - t0:.0f}s)")
+    finally:
+        executor.close()
+        if started:
+            import ray
+
+            ray.shutdown()
+    return store
+
+
+def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log) -> dict:
+    """Run the slice search on a run store and (re)write RUN_DIR/report.json."""
+    store = RunStore(run_dir)
+    spec_dict = spec_dict or store.load_spec_dict()
+    features = ["class", *spec_dict["axes"].keys()]
+    table = store.read(columns=[*features, "error"])
+    search = spec_dict["search"]
+    settings = SearchSettings(alpha=search["alpha"], min_support=search["min_support"],
+                              max_order=search["max_order"], min_effect=search["min_effect"])
+    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in features}
+    result = search_slices(columns, table.column("error").to_numpy(zero_copy_only=False), settings)
+    report = build_report(result, spec_dict, features)
+    write_report(store.report_path, report)
+    progress(f"slice search: {result.n_tested} slices tested, {len(result.flagged)} flagged -> {store.report_path}")
+    return report
+
+
+def audit(spec: AuditSpec, run_dir: str | Path | None = None, progress: Progress = _log) -> dict:
+    """Run a whole audit and return the report (also written to RUN_DIR/report.json)."""
+    run_dir = Path(run_dir or spec.output_dir)
+    generate_rows(spec, run_dir, progress)
+    return find_slices(run_dir, spec.to_dict(), progress)

@@ -1,0 +1,41 @@
+"""report.json (the output contract other tools read) and the terminal summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from vbugs_ray.slices import SliceResult
+
+
+def build_report(result: SliceResult, spec_dict: dict, features: list[str]) -> dict:
+    return {
+        "name": spec_dict.get("name"),
+        "n_images": result.n_rows,
+        "base_error_rate": result.base_error_rate,
+        "n_slices_tested": result.n_tested,
+        "slice_features": features,
+        "search": spec_dict.get("search"),
+        "flagged_slices": result.flagged,
+    }
+
+
+def write_report(path: Path, report: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
+
+
+def format_slices(report: dict, top: int = 10) -> str:
+    """A fixed-width table of the top flagged slices."""
+    flagged = report["flagged_slices"]
+    lines = [f"{report['n_images']} images, base error rate {report['base_error_rate']:.3f}, "
+             f"{report['n_slices_tested']} slices tested, {len(flagged)} flagged"]
+    if flagged:
+        lines.append(f"{'#':>3}  {'slice':<44} {'n':>6} {'err':>6} {'rest':>6} {'effect':>7} {'q':>9}")
+    for i, s in enumerate(flagged[:top], 1):
+        name = ", ".join(f"{k}={v}" for k, v in s["predicates"].items())
+        lines.append(f"{i:>3}  {name:<44} {s['n']:>6} {s['error_rate']:>6.3f} {s['complement_error_rate']:>6.3f} "
+                     f"{s['effect']:>7.2f} {s['q_value']:>9.2e}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""Classifier backend ``toyworld_cnn``: a small CNN trained on a biased sample of the toy world.
+
+Options: ``train_images`` (10000), ``epochs`` (6), ``seed`` (0) and ``bugs``: a list of planted
+bugs (see vbugs_ray.toyworld.classifier). Training runs once on the driver (``prepare``) and is
+cached by its config; actors only load the cached weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vbugs_ray.roles.generators.toyworld import resolution_of
+from vbugs_ray.spec import SpecError
+from vbugs_ray.toyworld import classifier as toy
+from vbugs_ray.toyworld import renderer
+
+OPTIONS = ("train_images", "epochs", "seed", "bugs")
+BUG_KEYS = ("where", "keep", "spurious", "strength")
+
+
+def _props(value, where: str, what: str) -> dict:
+    if not isinstance(value, dict) or not value:
+        raise SpecError(where, f"expected a mapping property -> value ({what})")
+    for prop, val in value.items():
+        if prop not in renderer.PROPERTIES:
+            raise SpecError(f"{where}.{prop}", f"unknown property; known: {', '.join(renderer.PROPERTIES)}")
+        if val not in renderer.VOCABULARY[prop]:
+            raise SpecError(f"{where}.{prop}", f"unknown value {val!r}; known: {', '.join(renderer.VOCABULARY[prop])}")
+    return dict(value)
+
+
+def parse_bugs(raw, field: str = "classifier.options.bugs") -> list[toy.PlantedBug]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SpecError(field, "expected a list of planted bugs")
+    bugs = []
+    for i, item in enumerate(raw):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise SpecError(where, "expected a mapping with where and keep, or where, spurious and strength")
+        for key in item:
+            if key not in BUG_KEYS:
+                raise SpecError(f"{where}.{key}", f"unknown key; allowed: {', '.join(BUG_KEYS)}")
+        cond = _props(item.get("where"), f"{where}.where", "which training images the bug touches")
+        if ("keep" in item) == ("spurious" in item):
+            raise SpecError(where, "give keep (under-representation) or spurious + strength (spurious correlation)")
+        if "keep" in item:
+            keep = item["keep"]
+            if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 <= keep < 1:
+                raise SpecError(f"{where}.keep", f"expected a fraction in [0, 1); got {keep!r}")
+            bugs.append(toy.PlantedBug(where=cond, keep=float(keep)))
+            continue
+        spurious = _props(item["spurious"], f"{where}.spurious", "one property -> value")
+        if len(spurious) != 1 or next(iter(spurious)) in cond:
+            raise SpecError(f"{where}.spurious", "name exactly one property, one that where does not fix")
+        strength = item.get("strength")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise SpecError(f"{where}.strength", f"expected a fraction in (0, 1]; got {strength!r}")
+        bugs.append(toy.PlantedBug(where=cond, spurious=spurious, strength=float(strength)))
+    return bugs
+
+
+def _int_option(options: dict, key: str, default: int, low: int) -> int:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SpecError(f"classifier.options.{key}", f"expected an integer >= {low}; got {value!r}")
+    return value
+
+
+def training_config(role_spec, spec) -> dict:
+    opts = role_spec.options
+    return toy.training_config(
+        classes=spec.classes,
+        bugs=parse_bugs(opts.get("bugs")),
+        train_images=_int_option(opts, "train_images", 10000, 100),
+        epochs=_int_option(opts, "epochs", 6, 1),
+        seed=_int_option(opts, "seed", 0, 0),
+        resolution=resolution_of(spec.generator),
+    )
+
+
+class ToyWorldClassifier:
+    @classmethod
+    def validate(cls, role_spec, spec) -> None:
+        for key in role_spec.options:
+            if key not in OPTIONS:
+                raise SpecError(f"classifier.options.{key}", f"unknown option; allowed: {', '.join(OPTIONS)}")
+        training_config(role_spec, spec)
+        for i, bug in enumerate(parse_bugs(role_spec.options.get("bugs"))):
+            cls_value = bug.where.get("class")
+            if cls_value is not None and cls_value not in spec.classes:
+                raise SpecError(f"classifier.options.bugs[{i}].where.class", f"'{cls_value}' is not one of the spec's classes")
+
+    @classmethod
+    def prepare(cls, role_spec, spec, progress=print) -> None:
+        toy.load_or_train(training_config(role_spec, spec), progress)
+
+    def __init__(self, role_spec, spec):
+        self.model = toy.load_or_train(training_config(role_spec, spec), progress=lambda _: None)
+        self.class_names = list(spec.classes)
+
+    @torch.no_grad()
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, len(spec.classes)), columns in spec class order."""
+        return torch.softmax(self.model(toy.to_tensor(images)), dim=1).numpy()

@@ -1,0 +1,105 @@
+"""The Parquet run store: ``RUN_DIR/rows/shard-NNNNN/*.parquet``, one row per image.
+
+Shard k holds grid rows [k * shard_rows, (k + 1) * shard_rows). A shard is written into a hidden
+staging folder and renamed into place when complete, so a shard folder either holds all its rows
+or does not exist: an interrupted audit resumes with the missing shards and a re-run of a finished
+one writes nothing. ``RUN_DIR/spec.json`` pins the spec; another spec in the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from vbugs_ray.cache import key_of
+from vbugs_ray.spec import AuditSpec
+
+
+class RunStoreError(RuntimeError):
+    """A run directory that cannot be used as asked (one-line message)."""
+
+
+class RunStore:
+    def __init__(self, run_dir: str | Path):
+        self.root = Path(run_dir)
+        self.rows_dir = self.root / "rows"
+        self.spec_path = self.root / "spec.json"
+        self.report_path = self.root / "report.json"
+
+    # -- spec pinning -------------------------------------------------------------------------
+    def open_for(self, spec: AuditSpec) -> None:
+        """Create the run dir for ``spec``, or check that an existing one holds the same spec."""
+        fingerprint = rows_fingerprint(spec)
+        if self.spec_path.exists():
+            held = json.loads(self.spec_path.read_text()).get("fingerprint")
+            if held != fingerprint:
+                raise RunStoreError(f"{self.root} holds a run of a different spec (rows would mix); "
+                                    f"use another --out or delete the folder")
+        self.rows_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"fingerprint": fingerprint, "spec": spec.to_dict()}
+        tmp = self.spec_path.with_name(".spec.json.tmp")
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        os.replace(tmp, self.spec_path)
+
+    def load_spec_dict(self) -> dict:
+        if not self.spec_path.exists():
+            raise RunStoreError(f"{self.root} is not a run directory (no spec.json); run `vbugs audit` first")
+        return json.loads(self.spec_path.read_text())["spec"]
+
+    # -- shards -------------------------------------------------------------------------------
+    def shard_dir(self, index: int) -> Path:
+        return self.rows_dir / f"shard-{index:05d}"
+
+    def staging_dir(self, index: int) -> Path:
+        return self.rows_dir / f".staging-shard-{index:05d}"
+
+    def done_shards(self) -> set[int]:
+        if not self.rows_dir.exists():
+            return set()
+        return {int(p.name.split("-")[1]) for p in self.rows_dir.glob("shard-*") if p.is_dir()}
+
+    def begin_shard(self, index: int) -> Path:
+        """An empty staging folder for shard ``index`` (left-overs of a crashed attempt removed)."""
+        staging = self.staging_dir(index)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        return staging
+
+    def commit_shard(self, index: int) -> None:
+        """Publish a complete shard: one atomic rename."""
+        os.replace(self.staging_dir(index), self.shard_dir(index))
+
+    # -- reading ------------------------------------------------------------------------------
+    def dataset(self) -> pads.Dataset:
+        if not self.done_shards():
+            raise RunStoreError(f"{self.rows_dir} holds no finished shard; run `vbugs audit` first")
+        return pads.dataset(str(self.rows_dir), format="parquet")
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """The finished rows (optionally some columns), sorted by row_id."""
+        table = self.dataset().to_table(columns=columns)
+        if "row_id" in table.column_names:
+            table = table.sort_by("row_id")
+        return table
+
+
+def rows_fingerprint(spec: AuditSpec) -> str:
+    """Hash of what decides the rows' content. Search settings, resources and the executor may
+    change between runs of one run dir; the grid, the models and the shard size may not."""
+    data = spec.to_dict()
+    content = {k: data[k] for k in ("classes", "axes", "prompt", "images_per_cell", "budget", "sampling", "seed")}
+    for role in ("generator", "classifier", "embedder"):
+        content[role] = {"backend": data[role]["backend"], "options": data[role]["options"]}
+    content["shard_rows"] = spec.run.shard_rows
+    return key_of(content)
+
+
+def plan_shards(n_rows: int, shard_rows: int) -> list[tuple[int, int, int]]:
+    """(index, start, stop) of each shard."""
+    return [(i, start, min(start + shard_rows, n_rows)) for i, start in enumerate(range(0, n_rows, shard_rows))]

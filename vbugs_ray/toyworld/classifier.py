@@ -1,0 +1,160 @@
+"""The toy-world classifier: a small CNN trained on a *biased* sample of the world.
+
+Bugs are planted through the training sample only (the architecture and the loss are plain), so
+what the audit must find is what a real model picks up from skewed data:
+
+- under-representation ``{where: {class: star, lighting: night}, keep: 0.0}`` keeps that fraction
+  of the training images that match ``where``;
+- spurious correlation ``{where: {class: square}, spurious: {background: grass}, strength: 0.97}``
+  makes that share of the matching images show the spurious value (the rest show other values).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from vbugs_ray.cache import atomic_write, cached_file
+from vbugs_ray.toyworld import renderer
+
+
+@dataclass(frozen=True)
+class PlantedBug:
+    """One planted bug: ``where`` selects training images; keep or spurious+strength skews them."""
+
+    where: dict
+    keep: float | None = None
+    spurious: dict | None = None
+    strength: float | None = None
+
+    @property
+    def kind(self) -> str:
+        return "under_representation" if self.keep is not None else "spurious_correlation"
+
+    def to_dict(self) -> dict:
+        out = {"where": dict(self.where)}
+        if self.keep is not None:
+            out["keep"] = self.keep
+        else:
+            out.update(spurious=dict(self.spurious), strength=self.strength)
+        return out
+
+
+def _matches(props: Mapping[str, str], where: Mapping[str, str]) -> bool:
+    return all(props.get(k) == v for k, v in where.items())
+
+
+def biased_sample(n: int, classes: Sequence[str], bugs: Sequence[PlantedBug], seed: int) -> list[dict[str, str]]:
+    """n training property dicts: uniform over the world restricted to ``classes``, then skewed."""
+    rng = np.random.default_rng([seed, 31337])
+    out: list[dict[str, str]] = []
+    while len(out) < n:
+        for props in renderer.sample_properties(max(1024, n), rng, fixed={"class": classes}):
+            for bug in bugs:
+                if bug.spurious and _matches(props, bug.where):
+                    (axis, value), = bug.spurious.items()
+                    if rng.random() < bug.strength:
+                        props[axis] = value
+                    elif props[axis] == value:
+                        others = [v for v in renderer.VOCABULARY[axis] if v != value]
+                        props[axis] = others[int(rng.integers(len(others)))]
+            if any(b.keep is not None and _matches(props, b.where) and rng.random() >= b.keep for b in bugs):
+                continue
+            out.append(props)
+            if len(out) == n:
+                break
+    return out
+
+
+class ToyCNN(nn.Module):
+    """Four conv blocks, global average+max pooling, a linear head.
+
+    Input: floats in [0, 1], NCHW. Each image is standardised per channel first, so a dark (night)
+    image is not a different input scale; that leaves the planted bugs as the data's doing.
+    """
+
+    def __init__(self, num_classes: int, width: int = 32):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.features = nn.Sequential(
+            nn.AvgPool2d(2), block(3, width), nn.MaxPool2d(2),
+            block(width, width * 2), nn.MaxPool2d(2), block(width * 2, width * 4), nn.MaxPool2d(2),
+            block(width * 4, width * 4),
+        )
+        self.head = nn.Linear(width * 8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True) + 0.05
+        f = self.features((x - mean) / std)
+        return self.head(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] (copies: batches may be read-only)."""
+    return torch.from_numpy(np.array(images, dtype=np.float32, copy=True)).permute(0, 3, 1, 2).div_(255.0)
+
+
+def training_config(classes: Sequence[str], bugs: Sequence[PlantedBug], train_images: int, epochs: int,
+                    seed: int, resolution: int) -> dict:
+    return {"classes": list(classes), "bugs": [b.to_dict() for b in bugs], "train_images": train_images,
+            "epochs": epochs, "seed": seed, "resolution": resolution, "renderer": renderer.RENDERER_VERSION,
+            "model": "ToyCNN-v1"}
+
+
+def train(config: dict, progress: Callable[[str], None] = print) -> dict:
+    """Train a ToyCNN on the biased sample described by ``config``; returns a checkpoint dict."""
+    torch.manual_seed(config["seed"])
+    bugs = [PlantedBug(**b) for b in config["bugs"]]
+    props = biased_sample(config["train_images"], config["classes"], bugs, config["seed"])
+    seeds = np.random.default_rng([config["seed"], 99]).integers(0, 2**31 - 1, len(props))
+    t0 = time.time()
+    images = renderer.render(props, seeds, config["resolution"])
+    labels = torch.tensor([config["classes"].index(p["class"]) for p in props])
+    x = to_tensor(images)
+    progress(f"toy classifier: rendered {len(props)} biased training images in {time.time() - t0:.1f}s")
+
+    model = ToyCNN(len(config["classes"]))
+    steps = config["epochs"] * ((len(x) + 127) // 128)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    gen = torch.Generator().manual_seed(config["seed"])
+    model.train()
+    for epoch in range(config["epochs"]):
+        order = torch.randperm(len(x), generator=gen)
+        total, correct = 0.0, 0
+        for i in range(0, len(x), 128):
+            idx = order[i:i + 128]
+            logits = model(x[idx])
+            loss = nn.functional.cross_entropy(logits, labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == labels[idx]).sum())
+        progress(f"toy classifier: epoch {epoch + 1}/{config['epochs']} loss {total / len(x):.3f} "
+                 f"train acc {correct / len(x):.3f} ({time.time() - t0:.0f}s)")
+    model.eval()
+    return {"config": config, "state_dict": model.state_dict()}
+
+
+def load_or_train(config: dict, progress: Callable[[str], None] = print) -> ToyCNN:
+    """The cached classifier for ``config``, training it first if the cache has none."""
+    path = cached_file("toy-classifier", config)
+    if not path.exists():
+        progress(f"toy classifier: training (cache miss: {path.name})")
+        checkpoint = train(config, progress)
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = ToyCNN(len(checkpoint["config"]["classes"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
