@@ -6,7 +6,7 @@ from vbugs_ray.spec import SpecError, load_spec, parse_spec
 
 def test_default_spec_loads(default_spec):
     assert default_spec.classes[0] == "circle"
-    assert default_spec.axis_names == ("background", "lighting", "size")
+    assert default_spec.axis_names == ("background", "lighting", "colour")
     assert default_spec.classifier.backend == "toyworld_cnn"
 
 
@@ -38,9 +38,9 @@ _DELETE = object()
         ("search.max_order", 7, "search.max_order", "must be <= 2"),
         ("search.bogus", 1, "search.bogus", "unknown key; allowed: alpha"),
         ("prompt", "a {class} on {background}", "prompt", "does not mention {lighting}"),
-        ("prompt", "a {class} {colour} {background} {lighting} {size}", "prompt", "{colour} is neither"),
+        ("prompt", "a {class} {colour} {background} {lighting} {size}", "prompt", "{size} is neither"),
         ("axes.weather", ["rain"], "axes.weather", "no axis 'weather'"),
-        ("axes.size", ["small", "gigantic"], "axes.size", "cannot draw size 'gigantic'"),
+        ("axes.colour", ["red", "mauve"], "axes.colour", "cannot draw colour 'mauve'"),
         ("classes", ["circle", "hexagon"], "classes[1]", "draws no 'hexagon'"),
         ("classifier.options.bugs", [{"where": {"class": "star"}}], "classifier.options.bugs[0]", "give keep"),
         ("classifier.options.bugs", [{"where": {"class": "star"}, "keep": 1.5}], "classifier.options.bugs[0].keep", "[0, 1)"),
@@ -90,7 +90,7 @@ def test_grid_is_deterministic_and_balanced(spec_dict):
     counts = a.group_by("cell").aggregate([("row_id", "count")]).column("row_id_count").to_pylist()
     assert len(counts) == n_cells(spec) and max(counts) - min(counts) <= 1
     first = a.slice(0, 1).to_pylist()[0]
-    assert first["prompt"] == "a small circle on grass in daylight"
+    assert first["prompt"] == "a red circle on grass in daylight"
     assert a.column("row_id").to_pylist() == list(range(a.num_rows))
 
 

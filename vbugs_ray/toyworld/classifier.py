@@ -76,26 +76,32 @@ class ToyCNN(nn.Module):
 
     Input: floats in [0, 1], NCHW. Each image is standardised per channel first, so a dark (night)
     image is not a different input scale; that leaves the planted bugs as the data's doing.
+    With ``image_stats`` the head also sees each image's per-channel mean and spread (what the
+    standardisation removed): the toy CLIP needs them to tell lighting and background.
     """
 
-    def __init__(self, num_classes: int, width: int = 32):
+    def __init__(self, num_classes: int, width: int = 32, image_stats: bool = False):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
+        self.image_stats = image_stats
         self.features = nn.Sequential(
             nn.AvgPool2d(2), block(3, width), nn.MaxPool2d(2),
             block(width, width * 2), nn.MaxPool2d(2), block(width * 2, width * 4), nn.MaxPool2d(2),
             block(width * 4, width * 4),
         )
-        self.head = nn.Linear(width * 8, num_classes)
+        self.head = nn.Linear(width * 8 + (6 if image_stats else 0), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=(2, 3), keepdim=True)
         std = x.std(dim=(2, 3), keepdim=True) + 0.05
         f = self.features((x - mean) / std)
-        return self.head(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1))
+        pooled = [f.mean(dim=(2, 3)), f.amax(dim=(2, 3))]
+        if self.image_stats:
+            pooled += [mean.flatten(1) * 4, std.flatten(1) * 4]
+        return self.head(torch.cat(pooled, dim=1))
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

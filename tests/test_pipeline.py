@@ -1,0 +1,127 @@
+"""Stages on plain dict batches, and a small end-to-end audit on a local Ray."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from vbugs_ray.audit import audit, find_slices, generate_rows
+from vbugs_ray.grid import build_grid
+from vbugs_ray.pipeline import ClassifyStage, EmbedStage, GenerateStage, LocalExecutor, ToRowsStage
+from vbugs_ray.spec import parse_spec
+from vbugs_ray.store import RunStore, RunStoreError
+
+
+def _small_spec(spec_dict, budget=480, shard_rows=200, executor="ray"):
+    spec_dict["budget"] = budget
+    spec_dict["run"] = {"executor": executor, "shard_rows": shard_rows}
+    for role in ("generator", "classifier", "embedder"):
+        spec_dict[role]["batch_size"] = 64
+    return parse_spec(spec_dict)
+
+
+def _batch(spec, n=12):
+    grid = build_grid(spec).slice(0, n)
+    return {name: grid.column(name).to_numpy(zero_copy_only=False) for name in grid.column_names}
+
+
+@pytest.mark.slow
+def test_stages_on_a_plain_batch(spec_dict):
+    spec = _small_spec(spec_dict)
+    batch = _batch(spec)
+    for value in batch.values():  # Ray may hand stages read-only (zero-copy) arrays
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)
+    batch = GenerateStage(spec)(batch)
+    assert batch["image"].shape == (12, 64, 64, 3) and batch["image"].dtype == np.uint8
+    batch["image"].setflags(write=False)
+    batch = ClassifyStage(spec)(batch)
+    assert set(batch["pred"]) <= set(spec.classes)
+    assert np.all((batch["p_true"] >= 0) & (batch["p_true"] <= 1))
+    np.testing.assert_allclose(batch["loss"], -np.log(np.clip(batch["p_true"], 1e-12, 1)), rtol=1e-5)
+    assert batch["top5"].shape == (12, 5)
+    np.testing.assert_array_equal(batch["error"], batch["pred_label"] != batch["label"])
+    batch = EmbedStage(spec)(batch)
+    assert batch["embedding"].shape[0] == 12
+    np.testing.assert_allclose(np.linalg.norm(batch["embedding"], axis=1), 1.0, rtol=1e-4)
+    table = ToRowsStage(spec)(batch)
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row["image_png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert row["top5"][0] == row["pred"] and len(row["embedding"]) == batch["embedding"].shape[1]
+
+
+@pytest.mark.slow
+def test_end_to_end_on_ray_is_resumable(spec_dict, ray_session, tmp_path):
+    spec = _small_spec(spec_dict)
+    run_dir = tmp_path / "run"
+    report = audit(spec, run_dir, progress=lambda _: None)
+
+    store = RunStore(run_dir)
+    rows = store.read()
+    assert rows.num_rows == 480 and store.done_shards() == {0, 1, 2}
+    assert rows.column("row_id").to_pylist() == list(range(480))
+    for column in ("class", "background", "lighting", "colour", "prompt", "seed", "pred", "p_true", "loss",
+                   "top5", "error", "embedding", "image_png"):
+        assert column in rows.column_names
+    on_disk = json.loads((run_dir / "report.json").read_text())
+    assert on_disk == report
+    assert on_disk["n_images"] == 480
+    assert on_disk["base_error_rate"] == pytest.approx(np.mean(rows.column("error").to_numpy()))
+    for s in on_disk["flagged_slices"]:
+        assert {"predicates", "n", "errors", "error_rate", "complement_error_rate", "p_value", "q_value"} <= set(s)
+    p_values = [s["log10_p_value"] for s in on_disk["flagged_slices"]]
+    assert p_values == sorted(p_values)
+
+    # re-run: nothing is regenerated; losing a shard regenerates exactly that shard, identically
+    before = {p: p.stat().st_mtime_ns for p in (run_dir / "rows").rglob("*.parquet")}
+    generate_rows(spec, run_dir, progress=lambda _: None)
+    assert {p: p.stat().st_mtime_ns for p in (run_dir / "rows").rglob("*.parquet")} == before
+    lost = store.shard_dir(1)
+    old = pq.read_table(lost).sort_by("row_id")
+    shutil.rmtree(lost)
+    generate_rows(spec, run_dir, progress=lambda _: None)
+    new = pq.read_table(lost).sort_by("row_id")
+    assert new.column("row_id").to_pylist() == old.column("row_id").to_pylist()
+    assert new.column("image_png").to_pylist() == old.column("image_png").to_pylist()
+    assert new.column("pred").to_pylist() == old.column("pred").to_pylist()
+    assert store.read().num_rows == 480
+
+    # a different spec may not write into this run dir
+    spec_dict["seed"] = 5
+    with pytest.raises(RunStoreError, match="different spec"):
+        generate_rows(parse_spec(spec_dict), run_dir, progress=lambda _: None)
+
+
+@pytest.mark.slow
+def test_local_executor_writes_the_same_rows(spec_dict, tmp_path):
+    spec = _small_spec(spec_dict, budget=120, shard_rows=120, executor="local")
+    store = generate_rows(spec, tmp_path / "local", progress=lambda _: None)
+    rows = store.read()
+    assert rows.num_rows == 120
+    report = find_slices(tmp_path / "local", progress=lambda _: None)
+    assert report["n_images"] == 120
+
+
+def _vbugs(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "vbugs_ray.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_bad_spec_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("classes: [circle]\naxes: {lighting: [day]}\nprompt: '{class} {lighting}'\n"
+                   "generator: toyworld\nclassifier: resnet9000\nembedder: toyworld_clip\n")
+    done = _vbugs("audit", str(bad), "--out", str(tmp_path / "r"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("vbugs: error: spec field 'classifier.backend': unknown backend 'resnet9000'; "
+                                   "known: toyworld_cnn")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_slices_on_missing_run_is_one_line(tmp_path):
+    done = _vbugs("slices", str(tmp_path / "nothing"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "not a run directory" in done.stderr
