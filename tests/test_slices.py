@@ -74,3 +74,20 @@ def test_min_support_and_effect_filter():
     errors = np.where(inside, rng.random(3000) < 0.09, errors)  # significant but small effect
     strict = search_slices(cols, errors, SearchSettings(min_effect=5.0))
     assert strict.flagged == []
+
+
+def test_children_of_a_flagged_slice_rank_after_unrelated_failures():
+    """A strong order-1 failure must not crowd a weaker unrelated one out with its sub-slices."""
+    rng = np.random.default_rng(11)
+    n = 20000
+    cols = _table(rng, n=n, features=4, card=5)
+    strong = cols["f0"] == "1"
+    weak = (cols["f2"] == "3") & (cols["f3"] == "4")
+    p = np.where(strong, 0.5, np.where(weak, 0.25, 0.05))
+    errors = rng.random(n) < p
+    flagged = search_slices(cols, errors, SearchSettings(alpha=0.05)).flagged
+    top = [s["predicates"] for s in flagged[:3]]
+    assert {"f0": "1"} in top and {"f2": "3", "f3": "4"} in top
+    children = [s for s in flagged if s["predicates"].get("f0") == "1" and s["order"] == 2]
+    assert children and all(s["explained_by"] == {"f0": "1"} for s in children if "f2" not in s["predicates"]
+                            or s["predicates"]["f2"] != "3")

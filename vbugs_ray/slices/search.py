@@ -3,7 +3,8 @@ each tested one-sided against its complement, with Benjamini-Hochberg across all
 
 A slice is a conjunction of ``column = value`` predicates. Counting is one ``bincount`` per
 column (pair) over integer codes, so the cost is O(rows x columns^2), not one pass per slice.
-Flagged: q <= alpha, support >= min_support, effect >= min_effect. Ranked by p-value.
+Flagged: q <= alpha, support >= min_support, effect >= min_effect. Ranked by p-value, with slices
+that a flagged parent explains (``explained_by``) after the ones that explain themselves.
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def search_slices(columns: Mapping[str, Sequence], errors: Sequence[bool], setti
     effect = stats.effect_size(p_s, p_c)
     low, high = stats.clopper_pearson(k_s, n_s)
     keep = (q_val <= settings.alpha) & (effect >= settings.min_effect) & (p_s > p_c)
-    order = sorted(np.nonzero(keep)[0], key=lambda i: (log_p[i], -effect[i], len(preds[i])))
+    flagged = [int(i) for i in np.nonzero(keep)[0]]
+    explained = _explained_by_parent(flagged, preds, n_s, k_s, settings.alpha)
+    # unexplained slices first, each group by significance: one failure, one line near the top
+    order = sorted(flagged, key=lambda i: (i in explained, log_p[i], -effect[i], len(preds[i])))
     result.flagged = [
         {
             "predicates": preds[i],
@@ -91,7 +95,35 @@ def search_slices(columns: Mapping[str, Sequence], errors: Sequence[bool], setti
             "effect": float(effect[i]),
             "ci_low": float(low[i]),
             "ci_high": float(high[i]),
+            "explained_by": explained.get(i),
         }
         for i in order
     ]
     return result
+
+
+def _explained_by_parent(flagged: list[int], preds: list[dict], n_s: np.ndarray, k_s: np.ndarray,
+                         alpha: float) -> dict[int, dict]:
+    """Flagged slices whose excess a flagged parent (one predicate fewer) already accounts for.
+
+    A child C of a flagged parent P is explained by P unless C fails significantly more than the
+    rest of P (one-sided Fisher within P, Bonferroni over P's flagged children). Explained slices
+    stay flagged (BH made them discoveries) but rank after the slices that explain themselves.
+    """
+    index = {frozenset(preds[i].items()): i for i in flagged}
+    children: dict[int, list[int]] = {}
+    for i in flagged:
+        if len(preds[i]) < 2:
+            continue
+        for item in preds[i].items():
+            parent = index.get(frozenset(preds[i].items()) - {item})
+            if parent is not None:
+                children.setdefault(parent, []).append(i)
+    explained: dict[int, dict] = {}
+    for parent, kids in children.items():
+        kids_arr = np.asarray(kids)
+        log_p = stats.fisher_greater_log(k_s[kids_arr], n_s[kids_arr], int(k_s[parent]), int(n_s[parent]))
+        for kid, lp in zip(kids, log_p):
+            if lp > np.log(alpha / len(kids)) and kid not in explained:
+                explained[kid] = preds[parent]
+    return explained
