@@ -28,9 +28,10 @@ def default_spec(default_spec_dict):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """Ray starts once per session with more logical CPUs than cores (2-core CI machines)."""
+    """Ray starts once per session with more logical CPUs than cores (2-core CI machines) and one
+    logical GPU, so GPU-stage scheduling (fractional num_gpus) runs on a machine without one."""
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -56,6 +56,7 @@ def test_stages_on_a_plain_batch(spec_dict):
 
 @pytest.mark.slow
 def test_end_to_end_on_ray_is_resumable(spec_dict, ray_session, tmp_path):
+    spec_dict["classifier"]["num_gpus"] = 0.5  # a GPU stage: its actor pool reserves half a (logical) GPU
     spec = _small_spec(spec_dict)
     run_dir = tmp_path / "run"
     report = audit(spec, run_dir, progress=lambda _: None)
@@ -73,6 +74,8 @@ def test_end_to_end_on_ray_is_resumable(spec_dict, ray_session, tmp_path):
     assert on_disk["base_error_rate"] == pytest.approx(np.mean(rows.column("error").to_numpy()))
     for s in on_disk["flagged_slices"]:
         assert {"predicates", "n", "errors", "error_rate", "complement_error_rate", "p_value", "q_value"} <= set(s)
+    for s in on_disk["flagged_slices"][: spec.search.top_k]:
+        assert len(s["caption"]) == 3
     p_values = [s["log10_p_value"] for s in on_disk["flagged_slices"]]
     assert p_values == sorted(p_values)
 

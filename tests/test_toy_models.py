@@ -81,3 +81,15 @@ def test_toy_clip_zero_shot(default_spec):
         truth = np.array([values.index(p[prop]) for p in props])
         accuracy = float(np.mean(pred == truth))
         assert accuracy > (0.9 if prop == "class" else 0.8), f"{prop}: zero-shot accuracy {accuracy:.3f}"
+
+
+@pytest.mark.slow
+def test_retrieval_captioner_names_what_sets_a_slice_apart(default_spec):
+    embedder = registry.create("embedder", default_spec.embedder, default_spec)
+    captioner = registry.create_captioner(default_spec.captioner, default_spec, embedder)
+    rng = np.random.default_rng(5)
+    inside = renderer.sample_properties(200, rng, fixed={"class": ["star"], "lighting": ["night"]})
+    rest = renderer.sample_properties(600, rng)
+    caption = captioner.caption(embedder.embed_images(renderer.render(inside, list(range(200)))),
+                                embedder.embed_images(renderer.render(rest, list(range(1000, 1600)))))
+    assert set(caption[:2]) == {"star", "at night"}

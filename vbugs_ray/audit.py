@@ -11,12 +11,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from vbugs_ray.caption import caption_slices
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import make_executor
 from vbugs_ray.report import build_report, write_report
 from vbugs_ray.roles import registry
 from vbugs_ray.slices import SearchSettings, search_slices
-from vbugs_ray.spec import AuditSpec
+from vbugs_ray.spec import AuditSpec, parse_spec
 from vbugs_ray.store import RunStore, plan_shards
 
 Progress = Callable[[str], None]
@@ -80,15 +83,18 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
 def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log) -> dict:
     """Run the slice search on a run store and (re)write RUN_DIR/report.json."""
     store = RunStore(run_dir)
-    spec_dict = spec_dict or store.load_spec_dict()
-    features = ["class", *spec_dict["axes"].keys()]
-    table = store.read(columns=[*features, "error"])
-    search = spec_dict["search"]
-    settings = SearchSettings(alpha=search["alpha"], min_support=search["min_support"],
-                              max_order=search["max_order"], min_effect=search["min_effect"])
+    spec = parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path))
+    features = ["class", *spec.axis_names]
+    captioning = spec.captioner is not None
+    table = store.read(columns=[*features, "error", *(["embedding"] if captioning else [])])
+    settings = SearchSettings(alpha=spec.search.alpha, min_support=spec.search.min_support,
+                              max_order=spec.search.max_order, min_effect=spec.search.min_effect)
     columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in features}
     result = search_slices(columns, table.column("error").to_numpy(zero_copy_only=False), settings)
-    report = build_report(result, spec_dict, features)
+    if captioning:
+        embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+        caption_slices(result.flagged, columns, embeddings, spec, spec.search.top_k)
+    report = build_report(result, spec.to_dict(), features)
     write_report(store.report_path, report)
     progress(f"slice search: {result.n_tested} slices tested, {len(result.flagged)} flagged -> {store.report_path}")
     return report

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -181,5 +181,3 @@ class RayExecutor:
 def make_executor(spec: AuditSpec) -> LocalExecutor | RayExecutor:
     return RayExecutor(spec) if spec.run.executor == "ray" else LocalExecutor(spec)
 
-
-ProgressFn = Callable[[str], None]

@@ -7,6 +7,7 @@ Every mistake raises ``SpecError`` whose message names the field (``classifier.b
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import string
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ class AuditSpec:
         """Plain data, with axes as name -> {value: phrase}, suitable for JSON and hashing."""
         data = dataclasses.asdict(self)
         data["axes"] = {a.name: dict(zip(a.values, a.phrases)) for a in self.axes}
-        return data
+        return json.loads(json.dumps(data))  # tuples -> lists: parse_spec(to_dict()) round-trips
 
 
 def _parse_axes(data: Any) -> tuple[Axis, ...]:

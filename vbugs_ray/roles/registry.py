@@ -49,3 +49,8 @@ def prepare(role: str, role_spec: Any, spec: Any, progress=print) -> None:
 
 def create(role: str, role_spec: Any, spec: Any) -> Any:
     return backend_class(role, role_spec.backend)(role_spec, spec)
+
+
+def create_captioner(role_spec: Any, spec: Any, embedder: Any) -> Any:
+    """Captioners may describe images through an embedder (retrieval) or on their own."""
+    return backend_class("captioner", role_spec.backend)(role_spec, spec, embedder)
