@@ -39,7 +39,7 @@ def draw_bugs(spec_dict: dict, rng: np.random.Generator) -> list[dict]:
     axes = {name: list(values) for name, values in spec_dict["axes"].items()}
     names = sorted(axes)
     c_under, c_spur = rng.choice(classes, 2, replace=False)
-    a_under, a_spur = rng.choice(names), rng.choice(names)
+    a_under, a_spur = str(rng.choice(names)), str(rng.choice(names))
     return [
         {"where": {"class": str(c_under), a_under: str(rng.choice(axes[a_under]))}, "keep": 0.0},
         {"where": {"class": str(c_spur)}, "spurious": {a_spur: str(rng.choice(axes[a_spur]))}, "strength": 0.97},

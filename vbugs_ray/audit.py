@@ -86,11 +86,13 @@ def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Pr
     spec = parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path))
     features = ["class", *spec.axis_names]
     captioning = spec.captioner is not None
-    table = store.read(columns=[*features, "error", *(["embedding"] if captioning else [])])
+    table = store.read(columns=[*features, "error", "loss", *(["embedding"] if captioning else [])])
     settings = SearchSettings(alpha=spec.search.alpha, min_support=spec.search.min_support,
-                              max_order=spec.search.max_order, min_effect=spec.search.min_effect)
+                              max_order=spec.search.max_order, min_effect=spec.search.min_effect,
+                              fdr=spec.search.fdr)
     columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in features}
-    result = search_slices(columns, table.column("error").to_numpy(zero_copy_only=False), settings)
+    result = search_slices(columns, table.column("error").to_numpy(zero_copy_only=False), settings,
+                           loss=table.column("loss").to_numpy(zero_copy_only=False))
     if captioning:
         embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
         caption_slices(result.flagged, columns, embeddings, spec, spec.search.top_k)

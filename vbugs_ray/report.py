@@ -15,6 +15,9 @@ def build_report(result: SliceResult, spec_dict: dict, features: list[str]) -> d
         "n_images": result.n_rows,
         "base_error_rate": result.base_error_rate,
         "n_slices_tested": result.n_tested,
+        "evaluated_slices": result.n_tested,
+        "lattice_size": result.lattice_size,
+        "redundant_children_dropped": result.redundant_children,
         "slice_features": features,
         "search": spec_dict.get("search"),
         "flagged_slices": result.flagged,
@@ -31,7 +34,7 @@ def format_slices(report: dict, top: int = 10) -> str:
     """A fixed-width table of the top flagged slices."""
     flagged = report["flagged_slices"]
     lines = [f"{report['n_images']} images, base error rate {report['base_error_rate']:.3f}, "
-             f"{report['n_slices_tested']} slices tested, {len(flagged)} flagged"]
+             f"{report['n_slices_tested']} of {report['lattice_size']} lattice slices tested, {len(flagged)} flagged"]
     if flagged:
         lines.append(f"{'#':>3}  {'slice':<44} {'n':>6} {'err':>6} {'rest':>6} {'effect':>7} {'q':>9}")
     for i, s in enumerate(flagged[:top], 1):

@@ -102,7 +102,7 @@ class SearchSpec:
 
     alpha: float = 0.05
     min_support: int = 20
-    max_order: int = 2
+    max_order: int = 3
     min_effect: float = 0.2
     top_k: int = 10
     fdr: str = "bh"
@@ -206,12 +206,12 @@ def parse_search(data: Any) -> SearchSpec:
     raw = _check_keys(data or {}, SearchSpec.FIELDS, "search")
     d = SearchSpec()
     fdr = raw.get("fdr", d.fdr)
-    if fdr not in ("bh",):
-        raise SpecError("search.fdr", f"unknown procedure {fdr!r}; allowed: bh")
+    if fdr not in ("bh", "alpha_investing"):
+        raise SpecError("search.fdr", f"unknown procedure {fdr!r}; allowed: bh, alpha_investing")
     return SearchSpec(
         alpha=_number(raw.get("alpha", d.alpha), "search.alpha", float, 0, 1, low_open=True),
         min_support=_number(raw.get("min_support", d.min_support), "search.min_support", int, 1),
-        max_order=_number(raw.get("max_order", d.max_order), "search.max_order", int, 1, 2),
+        max_order=_number(raw.get("max_order", d.max_order), "search.max_order", int, 1, 5),
         min_effect=_number(raw.get("min_effect", d.min_effect), "search.min_effect", float, 0),
         top_k=_number(raw.get("top_k", d.top_k), "search.top_k", int, 1),
         fdr=fdr,

@@ -1,29 +1,43 @@
-"""The first slice search: every slice of order 1..max_order (max 2) over the metadata columns,
-each tested one-sided against its complement, with Benjamini-Hochberg across all tested slices.
+"""Slice search: lattice evaluation (slices.lattice), tests, false-discovery control, redundancy.
 
-A slice is a conjunction of ``column = value`` predicates. Counting is one ``bincount`` per
-column (pair) over integer codes, so the cost is O(rows x columns^2), not one pass per slice.
-Flagged: q <= alpha, support >= min_support, effect >= min_effect. Ranked by p-value, with slices
-that a flagged parent explains (``explained_by``) after the ones that explain themselves.
+Every tested slice S is compared with its complement. Null: S's error rate equals the
+complement's. Alternative (one-sided): it is higher. Test: Fisher's exact test where expected
+counts are small, the two-proportion z-test elsewhere; mean loss gets a one-sided Welch test
+from sums. False discoveries: Benjamini-Hochberg over the whole lattice as the family (so that
+pruning never changes what is flagged), or alpha-investing in evaluation order.
+
+Flagged: rejected, effect >= min_effect. Then, so that each distinct failure appears once near
+the top:
+- a child of a flagged slice is kept only if it fails significantly more than the rest of its
+  parent (one-sided Fisher within the parent, Bonferroni over the parent's flagged children);
+- a flagged slice whose excess a flagged refinement explains (the slice minus the refinement is
+  not significantly worse than the slice's complement) gets ``explained_by`` and ranks after
+  the slices that explain themselves.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from vbugs_ray.slices import stats
+from vbugs_ray.slices import lattice, stats
+from vbugs_ray.slices.encode import encode_column
+
+FDR_PROCEDURES = ("bh", "alpha_investing")
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     alpha: float = 0.05
     min_support: int = 20
-    max_order: int = 2
+    max_order: int = 3
     min_effect: float = 0.2
+    fdr: str = "bh"
+    prune: bool = True
+    max_values: int = 20
+    n_bins: int = 10
 
 
 @dataclass
@@ -31,60 +45,90 @@ class SliceResult:
     base_error_rate: float
     n_rows: int
     n_tested: int
+    lattice_size: int = 0
     flagged: list[dict] = field(default_factory=list)
+    redundant_children: int = 0
 
 
-def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    uniques, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
-    return uniques, codes.astype(np.int64)
+def bh_qvalues(p: np.ndarray, family: int) -> np.ndarray:
+    """Benjamini-Hochberg q-values when ``family`` >= len(p) hypotheses were posed and the rest
+    (pruned, never tested) count as p = 1. Written out because scipy's false_discovery_control
+    takes no family size."""
+    p = np.asarray(p, np.float64)
+    if p.size == 0:
+        return p
+    order = np.argsort(p, kind="stable")
+    ranked = p[order] * family / np.arange(1, p.size + 1)
+    q_sorted = np.minimum.accumulate(ranked[::-1])[::-1]
+    q = np.empty_like(p)
+    q[order] = np.minimum(q_sorted, 1.0)
+    return q
 
 
-def search_slices(columns: Mapping[str, Sequence], errors: Sequence[bool], settings: SearchSettings) -> SliceResult:
-    """Test every slice up to ``settings.max_order`` over ``columns`` for an excess error rate."""
-    err = np.asarray(errors, dtype=bool)
-    n_total = int(err.size)
-    k_total = int(err.sum())
-    encoded = {name: _codes(vals) for name, vals in columns.items()}
-    names = list(encoded)
+def table_counter(columns: Mapping[str, Sequence], errors: Sequence, loss: Sequence | None,
+                  settings: SearchSettings) -> lattice.TableCounter:
+    names, values, codes = [], [], []
+    for name, column in columns.items():
+        c, labels = encode_column(column, settings.max_values, settings.n_bins)
+        names.append(name)
+        values.append(labels)
+        codes.append(c)
+    return lattice.TableCounter(names, values, codes, np.asarray(errors, bool), loss)
 
-    preds, ns, ks = [], [], []
-    for order in range(1, settings.max_order + 1):
-        for combo in itertools.combinations(names, order):
-            cards = [len(encoded[c][0]) for c in combo]
-            key = np.zeros(n_total, np.int64)
-            for c, card in zip(combo, cards):
-                key = key * card + encoded[c][1]
-            size = int(np.prod(cards))
-            n = np.bincount(key, minlength=size)
-            k = np.bincount(key, weights=err, minlength=size).round().astype(np.int64)
-            for flat in np.nonzero(n >= settings.min_support)[0]:
-                if n[flat] == n_total:
-                    continue  # the whole table has no complement to test against
-                digits = np.unravel_index(flat, cards)
-                preds.append({c: str(encoded[c][0][d]) for c, d in zip(combo, digits)})
-                ns.append(n[flat])
-                ks.append(k[flat])
 
-    result = SliceResult(base_error_rate=k_total / n_total if n_total else 0.0, n_rows=n_total, n_tested=len(preds))
-    if not preds:
+def search_slices(columns: Mapping[str, Sequence], errors: Sequence, settings: SearchSettings,
+                  loss: Sequence | None = None) -> SliceResult:
+    """Search an in-memory table: columns name -> values, a 0/1 error per row, optional loss."""
+    return run_search(table_counter(columns, errors, loss, settings), settings)
+
+
+def run_search(counter: lattice.Counter, settings: SearchSettings) -> SliceResult:
+    if settings.fdr not in FDR_PROCEDURES:
+        raise ValueError(f"unknown fdr procedure {settings.fdr!r}; allowed: {', '.join(FDR_PROCEDURES)}")
+    lat = lattice.LatticeSettings(alpha=settings.alpha, min_support=settings.min_support,
+                                  max_order=settings.max_order, min_effect=settings.min_effect,
+                                  fdr=settings.fdr, prune=settings.prune)
+    ev, family = lattice.search(counter, lat)
+    n_total, k_total, loss_total, loss_sq_total = counter.totals()
+    result = SliceResult(base_error_rate=k_total / n_total if n_total else 0.0, n_rows=n_total,
+                         n_tested=len(ev.predicates), lattice_size=family)
+    if not ev.predicates:
         return result
-    n_s, k_s = np.asarray(ns, np.int64), np.asarray(ks, np.int64)
+
+    n_s, k_s = ev.n, ev.errors
     n_c, k_c = n_total - n_s, k_total - k_s
     p_s, p_c = k_s / n_s, k_c / n_c
-    log_p = stats.fisher_greater_log(k_s, n_s, k_total, n_total)
+    log_p = stats.error_rate_log_p(k_s, n_s, k_total, n_total)
     p_val = np.exp(log_p)
-    q_val = stats.benjamini_hochberg(p_val)
+    q_val = bh_qvalues(p_val, family)
+    if settings.fdr == "bh":
+        reject = q_val <= settings.alpha
+    else:  # evaluation order: level by level, fixed before any error was looked at
+        reject = stats.alpha_investing(p_val, settings.alpha)
     effect = stats.effect_size(p_s, p_c)
-    low, high = stats.clopper_pearson(k_s, n_s)
-    keep = (q_val <= settings.alpha) & (effect >= settings.min_effect) & (p_s > p_c)
+    keep = reject & (effect >= settings.min_effect) & (p_s > p_c)
     flagged = [int(i) for i in np.nonzero(keep)[0]]
-    explained = _explained_by_parent(flagged, preds, n_s, k_s, settings.alpha)
-    # unexplained slices first, each group by significance: one failure, one line near the top
-    order = sorted(flagged, key=lambda i: (i in explained, log_p[i], -effect[i], len(preds[i])))
+
+    index = {frozenset(ev.predicates[i]): i for i in flagged}
+    flagged, parent_of = _drop_redundant_children(flagged, ev.predicates, index, n_s, k_s, settings.alpha)
+    result.redundant_children = len(index) - len(flagged)
+    index = {frozenset(ev.predicates[i]): i for i in flagged}
+    explained = _explained_by_refinement(flagged, ev.predicates, index, n_s, k_s, n_total, k_total, settings.alpha)
+
+    low, high = stats.clopper_pearson(k_s, n_s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss_mean = ev.loss_sum / n_s
+    loss_p = stats.welch_greater(ev.loss_sum, ev.loss_sq, n_s, loss_total, loss_sq_total, n_total)
+    names, values = counter.names, counter.values
+
+    def named(pred) -> dict:
+        return {names[f]: values[f][v] for f, v in pred}
+
+    order = sorted(flagged, key=lambda i: (i in explained, log_p[i], -effect[i], len(ev.predicates[i])))
     result.flagged = [
         {
-            "predicates": preds[i],
-            "order": len(preds[i]),
+            "predicates": named(ev.predicates[i]),
+            "order": len(ev.predicates[i]),
             "n": int(n_s[i]),
             "errors": int(k_s[i]),
             "error_rate": float(p_s[i]),
@@ -95,35 +139,53 @@ def search_slices(columns: Mapping[str, Sequence], errors: Sequence[bool], setti
             "effect": float(effect[i]),
             "ci_low": float(low[i]),
             "ci_high": float(high[i]),
-            "explained_by": explained.get(i),
+            "loss_mean": float(loss_mean[i]),
+            "loss_p_value": float(loss_p[i]),
+            "parent": named(ev.predicates[parent_of[i]]) if i in parent_of else None,
+            "explained_by": named(ev.predicates[explained[i]]) if i in explained else None,
         }
         for i in order
     ]
     return result
 
 
-def _explained_by_parent(flagged: list[int], preds: list[dict], n_s: np.ndarray, k_s: np.ndarray,
-                         alpha: float) -> dict[int, dict]:
-    """Flagged slices whose excess a flagged parent (one predicate fewer) already accounts for.
+def _parents(pred: tuple) -> list[frozenset]:
+    return [frozenset(pred[:j] + pred[j + 1:]) for j in range(len(pred))] if len(pred) > 1 else []
 
-    A child C of a flagged parent P is explained by P unless C fails significantly more than the
-    rest of P (one-sided Fisher within P, Bonferroni over P's flagged children). Explained slices
-    stay flagged (BH made them discoveries) but rank after the slices that explain themselves.
-    """
-    index = {frozenset(preds[i].items()): i for i in flagged}
+
+def _drop_redundant_children(flagged, preds, index, n_s, k_s, alpha):
+    """Keep a child of flagged parents only if it fails significantly more than each parent's rest."""
     children: dict[int, list[int]] = {}
     for i in flagged:
-        if len(preds[i]) < 2:
-            continue
-        for item in preds[i].items():
-            parent = index.get(frozenset(preds[i].items()) - {item})
-            if parent is not None:
-                children.setdefault(parent, []).append(i)
-    explained: dict[int, dict] = {}
+        for parent in _parents(preds[i]):
+            if parent in index:
+                children.setdefault(index[parent], []).append(i)
+    redundant, parent_of = set(), {}
     for parent, kids in children.items():
         kids_arr = np.asarray(kids)
-        log_p = stats.fisher_greater_log(k_s[kids_arr], n_s[kids_arr], int(k_s[parent]), int(n_s[parent]))
-        for kid, lp in zip(kids, log_p):
-            if lp > np.log(alpha / len(kids)) and kid not in explained:
-                explained[kid] = preds[parent]
+        within = stats.fisher_greater_log(k_s[kids_arr], n_s[kids_arr], int(k_s[parent]), int(n_s[parent]))
+        for kid, lp in zip(kids, within):
+            if lp > np.log(alpha / len(kids)):
+                redundant.add(kid)
+            else:
+                parent_of.setdefault(kid, parent)
+    return [i for i in flagged if i not in redundant], parent_of
+
+
+def _explained_by_refinement(flagged, preds, index, n_s, k_s, n_total, k_total, alpha):
+    """Flagged slices whose excess disappears once a flagged refinement is taken out."""
+    explained: dict[int, int] = {}
+    for r in flagged:
+        for parent in _parents(preds[r]):
+            s = index.get(parent)
+            if s is None:
+                continue
+            # S minus R against the complement of S: is anything left of S's excess?
+            rest_n, rest_k = int(n_s[s] - n_s[r]), int(k_s[s] - k_s[r])
+            if rest_n == 0:
+                continue
+            pool_n, pool_k = n_total - int(n_s[r]), k_total - int(k_s[r])
+            lp = stats.fisher_greater_log(np.array([rest_k]), np.array([rest_n]), pool_k, pool_n)[0]
+            if lp > np.log(alpha) and (s not in explained or k_s[r] > k_s[explained[s]]):
+                explained[s] = r
     return explained

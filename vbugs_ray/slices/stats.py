@@ -46,3 +46,74 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     if p.size == 0:
         return p
     return stats.false_discovery_control(p, method="bh")
+
+
+def ztest_greater_log(k_s: np.ndarray, n_s: np.ndarray, k_total: int, n_total: int) -> np.ndarray:
+    """log p of the one-sided two-proportion z-test (pooled variance), slice vs complement."""
+    k_s = np.asarray(k_s, np.float64)
+    n_s = np.asarray(n_s, np.float64)
+    n_c = n_total - n_s
+    p0 = k_total / n_total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = k_s / n_s - (k_total - k_s) / n_c
+        se = np.sqrt(p0 * (1 - p0) * (1 / n_s + 1 / n_c))
+        z = np.where(se > 0, diff / se, 0.0)
+    return stats.norm.logsf(z)
+
+
+def error_rate_log_p(k_s: np.ndarray, n_s: np.ndarray, k_total: int, n_total: int,
+                     min_expected: float = 10.0) -> np.ndarray:
+    """log p of the one-sided error-rate test: Fisher exact where any expected cell count of the
+    2x2 table is under ``min_expected`` (the normal approximation is poor there), z-test elsewhere."""
+    k_s = np.asarray(k_s, np.int64)
+    n_s = np.asarray(n_s, np.int64)
+    p0 = k_total / n_total if n_total else 0.0
+    smallest = np.minimum(n_s, n_total - n_s) * min(p0, 1 - p0)
+    exact = smallest < min_expected
+    out = np.empty(k_s.shape, np.float64)
+    if exact.any():
+        out[exact] = fisher_greater_log(k_s[exact], n_s[exact], k_total, n_total)
+    if (~exact).any():
+        out[~exact] = ztest_greater_log(k_s[~exact], n_s[~exact], k_total, n_total)
+    return out
+
+
+def welch_greater(sum_s: np.ndarray, sumsq_s: np.ndarray, n_s: np.ndarray,
+                  sum_total: float, sumsq_total: float, n_total: int) -> np.ndarray:
+    """One-sided Welch t-test p-values (slice mean loss > complement mean loss) from sums.
+
+    Null: equal mean loss; alternative: the slice's mean loss is higher. Needs n >= 2 on each side.
+    """
+    n_s = np.asarray(n_s, np.float64)
+    n_c = n_total - n_s
+    sum_c, sumsq_c = sum_total - np.asarray(sum_s), sumsq_total - np.asarray(sumsq_s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_s, mean_c = np.asarray(sum_s) / n_s, sum_c / n_c
+        var_s = np.maximum(np.asarray(sumsq_s) - n_s * mean_s**2, 0) / (n_s - 1)
+        var_c = np.maximum(sumsq_c - n_c * mean_c**2, 0) / (n_c - 1)
+        result = stats.ttest_ind_from_stats(mean_s, np.sqrt(var_s), n_s, mean_c, np.sqrt(var_c), n_c,
+                                            equal_var=False, alternative="greater")
+    return np.where((n_s >= 2) & (n_c >= 2), np.nan_to_num(result.pvalue, nan=1.0), 1.0)
+
+
+def alpha_investing(p_values_in_order: np.ndarray, alpha: float) -> np.ndarray:
+    """Foster & Stine's alpha-investing over tests in the order they were made (best-first).
+
+    Wealth starts at alpha; test j is run at level min(W / (1 + j - last), W / (1 + W)), where
+    ``last`` is the index of the latest rejection (spend faster right after a discovery); a
+    rejection earns alpha, a non-rejection costs level / (1 - level). Controls mFDR at alpha.
+    Returns the rejection mask.
+    """
+    wealth, last = alpha, -1
+    reject = np.zeros(len(p_values_in_order), bool)
+    for j, p in enumerate(np.asarray(p_values_in_order, np.float64)):
+        if wealth <= 0:
+            break
+        level = min(wealth / (1 + j - last), wealth / (1 + wealth))
+        if p <= level:
+            reject[j] = True
+            wealth += alpha
+            last = j
+        else:
+            wealth -= level / (1 - level)
+    return reject

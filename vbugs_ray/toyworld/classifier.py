@@ -11,6 +11,7 @@ what the audit must find is what a real model picks up from skewed data:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -111,9 +112,10 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def training_config(classes: Sequence[str], bugs: Sequence[PlantedBug], train_images: int, epochs: int,
                     seed: int, resolution: int) -> dict:
-    return {"classes": list(classes), "bugs": [b.to_dict() for b in bugs], "train_images": train_images,
-            "epochs": epochs, "seed": seed, "resolution": resolution, "renderer": renderer.RENDERER_VERSION,
-            "model": "ToyCNN-v1"}
+    config = {"classes": list(classes), "bugs": [b.to_dict() for b in bugs], "train_images": train_images,
+              "epochs": epochs, "seed": seed, "resolution": resolution, "renderer": renderer.RENDERER_VERSION,
+              "model": "ToyCNN-v1"}
+    return json.loads(json.dumps(config))  # plain types only: the checkpoint loads with weights_only
 
 
 def train(config: dict, progress: Callable[[str], None] = print) -> dict:

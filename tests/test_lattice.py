@@ -1,0 +1,124 @@
+"""The lattice search of issue 4: statistics core, calibration, power, pruning equivalence.
+
+Null of every slice test: the slice's error rate equals its complement's; alternative
+(one-sided): higher. Calibration: error labels independent of the metadata -> the share of runs
+with any flagged slice stays near or below alpha (BH and alpha-investing). Power: planted slices
+of order 1-3, support >= 0.5%, error rate >= 3x base, are all found at 100k rows.
+"""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from vbugs_ray.slices import SearchSettings, search_slices
+from vbugs_ray.slices import stats
+from vbugs_ray.slices.encode import OTHER, encode_column
+from vbugs_ray.slices.lattice import lattice_size
+from vbugs_ray.slices.search import bh_qvalues
+
+
+def _features(rng, n, n_features=8, card=5):
+    return {f"f{j}": rng.integers(0, card, n).astype(str) for j in range(n_features)}
+
+
+def _planted(rng, n, slices, base=0.05, n_features=8, card=5):
+    """A table with planted slices (dicts feature -> value) of raised error rate (3.5x base)."""
+    cols = _features(rng, n, n_features, card)
+    p = np.full(n, base)
+    for planted in slices:
+        inside = np.ones(n, bool)
+        for f, v in planted.items():
+            inside &= cols[f] == v
+        p[inside] = 3.5 * base
+    return cols, rng.random(n) < p
+
+
+def test_welch_from_sums_matches_scipy_on_raw_data():
+    rng = np.random.default_rng(0)
+    loss = rng.exponential(1.0, 500)
+    inside = rng.random(500) < 0.2
+    loss[inside] += 0.3
+    ours = stats.welch_greater(np.array([loss[inside].sum()]), np.array([(loss[inside] ** 2).sum()]),
+                               np.array([inside.sum()]), loss.sum(), (loss ** 2).sum(), 500)[0]
+    ref = sps.ttest_ind(loss[inside], loss[~inside], equal_var=False, alternative="greater").pvalue
+    assert ours == pytest.approx(ref, rel=1e-6)
+
+
+def test_ztest_agrees_with_fisher_for_large_counts():
+    k, n, K, N = np.array([130]), np.array([1000]), 1100, 20000
+    z = np.exp(stats.ztest_greater_log(k, n, K, N))[0]
+    f = np.exp(stats.fisher_greater_log(k, n, K, N))[0]
+    assert z == pytest.approx(f, rel=0.5) and z < 1e-10
+
+
+def test_bh_with_family_matches_scipy_when_nothing_is_pruned():
+    p = np.random.default_rng(1).random(50) ** 3
+    np.testing.assert_allclose(bh_qvalues(p, 50), sps.false_discovery_control(p, method="bh"))
+    assert np.all(bh_qvalues(p, 500) >= bh_qvalues(p, 50))
+
+
+def test_alpha_investing_spends_and_earns():
+    assert stats.alpha_investing(np.array([1e-6, 1e-6, 1e-6]), 0.05).all()
+    assert not stats.alpha_investing(np.full(200, 0.5), 0.05).any()
+    # wealth runs out: a late tiny p-value after many nulls may not be rejected, never a negative wealth
+    mask = stats.alpha_investing(np.concatenate([np.full(500, 0.9), [1e-4]]), 0.05)
+    assert mask.sum() <= 1
+
+
+def test_encoding_bins_numbers_and_caps_categories():
+    codes, labels = encode_column(np.linspace(0, 1, 1000), n_bins=4)
+    assert len(labels) == 4 and np.bincount(codes).tolist() == [250, 250, 250, 250]
+    values = np.array([f"v{i}" for i in range(30)] * 3 + ["v0"] * 50)
+    codes, labels = encode_column(values, max_values=5)
+    assert len(labels) == 5 and labels[0] == "v0" and labels[-1] == OTHER
+    codes, labels = encode_column(np.array(["a", None, "b"], dtype=object))
+    assert "<missing>" in labels
+
+
+@pytest.mark.parametrize("fdr", ["bh", "alpha_investing"])
+def test_calibration_independent_errors(fdr):
+    runs, alpha, any_flagged = 24, 0.1, 0
+    for seed in range(runs):
+        rng = np.random.default_rng([seed, 99])
+        cols = _features(rng, 5000, n_features=5, card=4)
+        errors = rng.random(5000) < 0.08
+        result = search_slices(cols, errors, SearchSettings(alpha=alpha, max_order=3, min_effect=0.0, fdr=fdr))
+        any_flagged += bool(result.flagged)
+    limit = sps.binom.ppf(0.99, runs, alpha)  # P(X > limit | rate alpha) < 1%
+    assert any_flagged <= limit, f"{fdr}: {any_flagged}/{runs} null runs flagged something"
+
+
+def test_power_orders_one_to_three_at_100k_rows():
+    rng = np.random.default_rng(2024)
+    planted = [{"f0": "1"}, {"f2": "3", "f5": "0"}, {"f1": "2", "f4": "4", "f7": "1"}]
+    cols, errors = _planted(rng, 100_000, planted, base=0.04)
+    # the order-3 slice has 100k / 125 = 800 rows (0.8%)
+    result = search_slices(cols, errors, SearchSettings(alpha=0.05, max_order=3))
+    top = [s["predicates"] for s in result.flagged[:10]]
+    for p in planted:
+        assert p in top, f"planted slice {p} not in the top 10: {top}"
+    assert result.n_tested <= result.lattice_size
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pruning_is_exact_for_what_is_flagged(seed):
+    rng = np.random.default_rng([seed, 7])
+    planted = [{"f1": "0", "f3": "2"}, {"f0": "4", "f2": "1", "f6": "3"}]
+    cols, errors = _planted(rng, 30_000, planted, base=0.05)
+    pruned = search_slices(cols, errors, SearchSettings(max_order=3, prune=True, min_support=30))
+    full = search_slices(cols, errors, SearchSettings(max_order=3, prune=False, min_support=30))
+    assert [s["predicates"] for s in pruned.flagged] == [s["predicates"] for s in full.flagged]
+    assert pruned.lattice_size == full.lattice_size == lattice_size([5] * 8, 3)
+    assert pruned.n_tested <= full.n_tested
+
+
+def test_flagged_fields_and_loss_test():
+    rng = np.random.default_rng(5)
+    cols, errors = _planted(rng, 20_000, [{"f0": "1", "f1": "2"}])
+    loss = rng.exponential(0.3, 20_000) + errors * 2.0
+    result = search_slices(cols, errors, SearchSettings(max_order=2), loss=loss)
+    top = result.flagged[0]
+    assert top["predicates"] == {"f0": "1", "f1": "2"}
+    for key in ("effect", "ci_low", "ci_high", "loss_mean", "loss_p_value", "parent", "explained_by"):
+        assert key in top
+    assert top["loss_p_value"] < 1e-6 and top["loss_mean"] > loss.mean()
