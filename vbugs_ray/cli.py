@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from vbugs_ray.spec import DEFAULT_SPEC, SpecError, load_spec
+from vbugs_ray.slices.table import TableError
 from vbugs_ray.store import RunStoreError
 
 
@@ -21,11 +22,18 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--executor", choices=("ray", "local"), default=None, help="override run.executor")
     audit.add_argument("--top", type=int, default=10, help="flagged slices to print")
 
-    slices = sub.add_parser("slices", help="re-run only the slice search on an existing run directory")
-    slices.add_argument("run_dir")
+    slices = sub.add_parser("slices", help="slice search on a run directory, or on any Parquet table (--table)")
+    slices.add_argument("run_dir", nargs="?", help="a finished audit's run directory")
+    slices.add_argument("--table", help="any Parquet file or directory of Parquet files instead of a run")
+    slices.add_argument("--error-col", default="error", help="with --table: the 0/1 (or bool) error column")
+    slices.add_argument("--loss-col", default=None, help="with --table: an optional per-row loss column")
+    slices.add_argument("--features", default=None, help="with --table: comma-separated columns (default: all others)")
+    slices.add_argument("--out", default=None, help="with --table: where to write the JSON result")
+    slices.add_argument("--max-order", type=int, default=None, help="override search.max_order (1-5)")
     slices.add_argument("--alpha", type=float, default=None, help="override search.alpha")
     slices.add_argument("--min-support", type=int, default=None, help="override search.min_support")
     slices.add_argument("--min-effect", type=float, default=None, help="override search.min_effect")
+    slices.add_argument("--fdr", choices=("bh", "alpha_investing"), default=None, help="override search.fdr")
     slices.add_argument("--top", type=int, default=10, help="flagged slices to print")
 
     validate = sub.add_parser("validate", help="check a spec and print its grid size")
@@ -47,19 +55,35 @@ def _audit(args) -> int:
     return 0
 
 
-def _slices(args) -> int:
+def _search_overrides(args, base: dict) -> dict:
+    """The search settings with the command line's overrides, checked like a spec file's."""
     import dataclasses
 
-    from vbugs_ray.audit import find_slices
-    from vbugs_ray.report import format_slices
     from vbugs_ray.spec import parse_search
-    from vbugs_ray.store import RunStore
 
-    spec_dict = RunStore(args.run_dir).load_spec_dict()
-    overrides = {"alpha": args.alpha, "min_support": args.min_support, "min_effect": args.min_effect}
-    raw_search = dict(spec_dict["search"], **{k: v for k, v in overrides.items() if v is not None})
-    spec_dict["search"] = dataclasses.asdict(parse_search(raw_search))  # same checks as a spec file
-    report = find_slices(args.run_dir, spec_dict)
+    overrides = {"alpha": args.alpha, "min_support": args.min_support, "min_effect": args.min_effect,
+                 "max_order": args.max_order, "fdr": args.fdr}
+    return dataclasses.asdict(parse_search(dict(base, **{k: v for k, v in overrides.items() if v is not None})))
+
+
+def _slices(args) -> int:
+    from vbugs_ray.report import format_slices
+
+    if args.table:
+        from vbugs_ray.slices.table import search_table
+
+        report = search_table(args.table, args.error_col, args.loss_col,
+                              args.features.split(",") if args.features else None,
+                              _search_overrides(args, {}), args.out)
+    elif args.run_dir:
+        from vbugs_ray.audit import find_slices
+        from vbugs_ray.store import RunStore
+
+        spec_dict = RunStore(args.run_dir).load_spec_dict()
+        spec_dict["search"] = _search_overrides(args, spec_dict["search"])
+        report = find_slices(args.run_dir, spec_dict)
+    else:
+        raise SpecError("<command line>", "give a run directory or --table T.parquet")
     print(format_slices(report, args.top))
     return 0
 
@@ -77,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"audit": _audit, "slices": _slices, "validate": _validate}[args.command](args)
-    except (SpecError, RunStoreError) as exc:
+    except (SpecError, RunStoreError, TableError) as exc:
         print(f"vbugs: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -67,6 +67,8 @@ class Counter(Protocol):
 
     def count(self, combos: list[tuple[int, ...]]) -> dict[tuple[int, ...], SliceCounts]: ...
 
+    def count_conjunctions(self, conjunctions: list[tuple[tuple[int, int], ...]]) -> tuple[np.ndarray, np.ndarray]: ...
+
 
 class TableCounter:
     """Counts over integer-coded columns held in memory."""
@@ -85,6 +87,21 @@ class TableCounter:
         cards = [len(v) for v in self.values]
         return {c: count_cells([self.codes[f] for f in c], [cards[f] for f in c], self.error, self.loss)
                 for c in combos}
+
+    def count_conjunctions(self, conjunctions):
+        return conjunction_counts(self.codes, self.error.astype(bool), conjunctions)
+
+
+def conjunction_counts(codes, error: np.ndarray, conjunctions) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and errors of arbitrary conjunctions (for overlaps of slices of any order)."""
+    n = np.zeros(len(conjunctions), np.int64)
+    k = np.zeros(len(conjunctions), np.int64)
+    for i, conj in enumerate(conjunctions):
+        mask = np.ones(len(error), bool)
+        for f, v in conj:
+            mask &= codes[f] == v
+        n[i], k[i] = int(mask.sum()), int(error[mask].sum())
+    return n, k
 
 
 def lattice_size(cards: Sequence[int], max_order: int) -> int:

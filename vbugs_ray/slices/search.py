@@ -112,8 +112,8 @@ def run_search(counter: lattice.Counter, settings: SearchSettings) -> SliceResul
     index = {frozenset(ev.predicates[i]): i for i in flagged}
     flagged, parent_of = _drop_redundant_children(flagged, ev.predicates, index, n_s, k_s, settings.alpha)
     result.redundant_children = len(index) - len(flagged)
-    index = {frozenset(ev.predicates[i]): i for i in flagged}
-    explained = _explained_by_refinement(flagged, ev.predicates, index, n_s, k_s, n_total, k_total, settings.alpha)
+    by_strength = sorted(flagged, key=lambda i: (log_p[i], -effect[i]))
+    explained = _explained_by_stronger(by_strength, ev.predicates, n_s, k_s, n_total, k_total, settings.alpha, counter)
 
     low, high = stats.clopper_pearson(k_s, n_s)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -172,20 +172,39 @@ def _drop_redundant_children(flagged, preds, index, n_s, k_s, alpha):
     return [i for i in flagged if i not in redundant], parent_of
 
 
-def _explained_by_refinement(flagged, preds, index, n_s, k_s, n_total, k_total, alpha):
-    """Flagged slices whose excess disappears once a flagged refinement is taken out."""
+def _explained_by_stronger(by_strength, preds, n_s, k_s, n_total, k_total, alpha, counter,
+                           max_leaders: int = 50, max_checked: int = 300) -> dict[int, int]:
+    """Slices whose excess a more significant flagged slice T accounts for: S minus T is not
+    significantly worse than S's complement (one-sided Fisher at alpha). T may be a refinement of S
+    or merely overlap it (a slice that cuts across a planted one inherits part of its failures).
+    Checked for the ``max_checked`` most significant slices against up to ``max_leaders`` leaders."""
+    leaders: list[int] = []
     explained: dict[int, int] = {}
-    for r in flagged:
-        for parent in _parents(preds[r]):
-            s = index.get(parent)
-            if s is None:
-                continue
-            # S minus R against the complement of S: is anything left of S's excess?
-            rest_n, rest_k = int(n_s[s] - n_s[r]), int(k_s[s] - k_s[r])
-            if rest_n == 0:
-                continue
-            pool_n, pool_k = n_total - int(n_s[r]), k_total - int(k_s[r])
-            lp = stats.fisher_greater_log(np.array([rest_k]), np.array([rest_n]), pool_k, pool_n)[0]
-            if lp > np.log(alpha) and (s not in explained or k_s[r] > k_s[explained[s]]):
-                explained[s] = r
+    for s in by_strength[:max_checked]:
+        s_items = dict(preds[s])
+        overlaps, partners = [], []
+        for t in leaders:
+            t_items = dict(preds[t])
+            if any(f in s_items and s_items[f] != v for f, v in t_items.items()):
+                continue  # disjoint
+            if all(s_items.get(f) == v for f, v in t_items.items()):
+                continue  # T contains S's rows entirely: S minus T is empty, nothing to compare
+            overlaps.append(tuple(sorted({**s_items, **t_items}.items())))
+            partners.append(t)
+        if overlaps:
+            both_n, both_k = counter.count_conjunctions(overlaps)
+            rest_n = n_s[s] - both_n
+            rest_k = k_s[s] - both_k
+            pool_n = n_total - both_n
+            pool_k = k_total - both_k
+            for t, rn, rk, pn, pk in zip(partners, rest_n, rest_k, pool_n, pool_k):
+                if rn == 0:
+                    explained[s] = t
+                    break
+                lp = stats.fisher_greater_log(np.array([rk]), np.array([rn]), int(pk), int(pn))[0]
+                if lp > np.log(alpha):
+                    explained[s] = t
+                    break
+        if s not in explained and len(leaders) < max_leaders:
+            leaders.append(s)
     return explained

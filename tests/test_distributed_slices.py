@@ -1,0 +1,82 @@
+"""The slice search over Parquet shards with Ray tasks, and `vbugs slices --table`."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vbugs_ray.slices import SearchSettings, search_slices
+from vbugs_ray.slices.distributed import ShardCounter
+from vbugs_ray.slices.search import run_search
+
+
+@pytest.fixture(scope="module")
+def sharded_table(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    n = 40_000
+    cols = {f"f{j}": rng.integers(0, 4, n).astype(str) for j in range(5)}
+    cols["score"] = rng.normal(size=n)           # numeric: binned into quantiles
+    cols["bucket"] = rng.integers(0, 3, n)       # few integers: one value each
+    inside = (cols["f1"] == "2") & (cols["f4"] == "0")
+    error = np.where(inside, rng.random(n) < 0.3, rng.random(n) < 0.05)
+    loss = rng.exponential(0.5, n) + error
+    table = pa.table({**cols, "error": error, "loss": loss})
+    root = tmp_path_factory.mktemp("table")
+    for i in range(4):
+        pq.write_table(table.slice(i * 10_000, 10_000), root / f"part-{i}.parquet")
+    return root, cols, error, loss
+
+
+def test_shards_give_the_same_result_as_one_table(sharded_table, ray_session):
+    root, cols, error, loss = sharded_table
+    features = [f"f{j}" for j in range(5)] + ["bucket"]
+    settings = SearchSettings(max_order=3)
+    counter = ShardCounter(root, "error", features, "loss")
+    sharded = run_search(counter, settings)
+    local = search_slices({f: cols[f].astype(str) for f in features}, error, settings, loss=loss)
+    assert sharded.n_rows == 40_000 and sharded.lattice_size == local.lattice_size
+    assert [s["predicates"] for s in sharded.flagged] == [s["predicates"] for s in local.flagged]
+    assert sharded.flagged[0]["predicates"] == {"f1": "2", "f4": "0"}
+    assert sharded.flagged[0]["n"] == local.flagged[0]["n"]
+    assert sharded.flagged[0]["loss_mean"] == pytest.approx(local.flagged[0]["loss_mean"])
+    assert counter.values[features.index("bucket")] == ["0", "1", "2"]
+
+
+def test_numeric_columns_are_binned(sharded_table, ray_session):
+    root, *_ = sharded_table
+    counter = ShardCounter(root, "error", ["score"], n_bins=5)
+    assert len(counter.values[0]) == 5  # five quantile bins
+    counts = counter.count([(0,)])[(0,)]
+    assert counts.n[:5].tolist() == pytest.approx([8000] * 5, abs=400)
+
+
+def _vbugs(*args):
+    return subprocess.run([sys.executable, "-m", "vbugs_ray.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_table_search_writes_flagged_slices(sharded_table, tmp_path):
+    root, *_ = sharded_table
+    out = tmp_path / "slices.json"
+    done = _vbugs("slices", "--table", str(root), "--error-col", "error", "--loss-col", "loss",
+                  "--features", "f0,f1,f2,f3,f4", "--max-order", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["flagged_slices"][0]["predicates"] == {"f1": "2", "f4": "0"}
+    assert report["lattice_size"] == 5 * 4 + 10 * 16 and report["evaluated_slices"] <= report["lattice_size"]
+
+
+def test_cli_table_errors_are_one_line(sharded_table, tmp_path):
+    root, *_ = sharded_table
+    done = _vbugs("slices", "--table", str(root), "--error-col", "wrong")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"vbugs: error: --error-col 'wrong' is not a column of {root}; columns: "
+        "f0, f1, f2, f3, f4, score, bucket, error, loss"]
+    done = _vbugs("slices", "--table", str(tmp_path / "none.parquet"))
+    assert done.returncode == 2 and "no Parquet file or directory" in done.stderr
+    done = _vbugs("slices", "--table", str(root), "--max-order", "9")
+    assert done.returncode == 2 and "search.max_order" in done.stderr

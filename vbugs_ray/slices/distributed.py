@@ -1,0 +1,209 @@
+"""The slice search over Parquet shards with Ray tasks: no process holds the whole table.
+
+Pass 1 (one task per file): each feature's value counts (categorical) or a sample (numeric).
+The driver merges them into one encoding per feature, the same for every shard.
+Pass 2 (one task per file): the shard's columns become small integer codes, kept in Ray's object
+store. Then, level by level, one task per shard counts only the feature combinations that still
+hold candidate slices (``ShardCounter.count``), and the driver adds the per-shard counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from vbugs_ray.slices.encode import MISSING, OTHER
+from vbugs_ray.slices.lattice import SliceCounts, conjunction_counts
+
+_SAMPLE_PER_SHARD = 20_000
+
+
+def parquet_files(path: str | Path) -> list[str]:
+    """The Parquet files of a file or a directory (recursively; hidden and _ files skipped)."""
+    path = Path(path)
+    if path.is_file():
+        return [str(path)]
+    if not path.is_dir():
+        raise FileNotFoundError(f"no Parquet file or directory at {path}")
+    files = sorted(pads.dataset(str(path), format="parquet").files)
+    if not files:
+        raise FileNotFoundError(f"{path} holds no Parquet files")
+    return files
+
+
+def _is_numeric(type_: pa.DataType) -> bool:
+    return pa.types.is_floating(type_) or pa.types.is_integer(type_)
+
+
+def _profile(file: str, features: Sequence[str]) -> dict:
+    """Per feature: value -> count (categorical) or a random sample (numeric) of one shard."""
+    table = pq.read_table(file, columns=list(features))
+    out = {}
+    rng = np.random.default_rng(len(file))
+    for name in features:
+        column = table.column(name)
+        if _is_numeric(column.type):
+            values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+            distinct = np.unique(values[np.isfinite(values)])
+            take = min(len(values), _SAMPLE_PER_SHARD)
+            out[name] = ("numeric", rng.choice(values, take, replace=False) if take else values,
+                         distinct if len(distinct) <= 1000 else None, bool((~np.isfinite(values)).any()))
+        else:
+            counts = pc.value_counts(column.cast(pa.string()))
+            values = counts.field("values").to_pylist()
+            out[name] = ("categorical", dict(zip([MISSING if v is None else v for v in values],
+                                                 counts.field("counts").to_pylist())), None, False)
+    return out
+
+
+class Encoding:
+    """How one feature's raw values map to codes: a label list plus bin edges or a value table."""
+
+    def __init__(self, labels: list[str], edges: np.ndarray | None = None, index: dict | None = None):
+        self.labels, self.edges, self.index = labels, edges, index
+
+    def encode(self, column: pa.ChunkedArray) -> np.ndarray:
+        if self.edges is not None:
+            x = column.to_numpy(zero_copy_only=False).astype(np.float64)
+            codes = np.searchsorted(self.edges, x, side="right")
+            if MISSING in self.labels:
+                codes[~np.isfinite(x)] = self.labels.index(MISSING)
+            return codes.astype(np.int16)
+        text = column.cast(pa.string()).fill_null(MISSING)
+        keys = pa.array(list(self.index))
+        found = pc.index_in(text, value_set=keys).to_numpy(zero_copy_only=False)
+        codes = np.array([self.index[k] for k in keys.to_pylist()], np.int16)
+        other = self.labels.index(OTHER) if OTHER in self.labels else -1
+        found = np.where(np.isnan(found.astype(np.float64)), -1, found).astype(np.int64)
+        return np.where(found >= 0, codes[np.maximum(found, 0)], other).astype(np.int16)
+
+
+def build_encodings(profiles: list[dict], features: Sequence[str], max_values: int, n_bins: int) -> list[Encoding]:
+    encodings = []
+    for name in features:
+        kind = profiles[0][name][0]
+        if kind == "numeric":
+            distinct = [p[name][2] for p in profiles]
+            if all(d is not None for d in distinct) and len(np.unique(np.concatenate(distinct))) <= max_values:
+                values = np.unique(np.concatenate(distinct))  # few integer-like values: one code each
+                edges = values[1:]
+                labels = [f"{v:g}" for v in values]
+            else:
+                sample = np.concatenate([p[name][1] for p in profiles])
+                sample = sample[np.isfinite(sample)]
+                bounds = np.unique(np.quantile(sample, np.linspace(0, 1, n_bins + 1)))
+                edges = bounds[1:-1]
+                labels = [f"[{lo:.4g}, {hi:.4g}{']' if i == len(bounds) - 2 else ')'}"
+                          for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
+            if any(p[name][3] for p in profiles):
+                labels.append(MISSING)
+            encodings.append(Encoding(labels, edges=edges))
+            continue
+        totals: dict[str, int] = {}
+        for p in profiles:
+            for value, count in p[name][1].items():
+                totals[value] = totals.get(value, 0) + count
+        ranked = sorted(totals, key=lambda v: (-totals[v], v))
+        if len(ranked) > max_values:
+            kept = sorted(ranked[: max_values - 1])
+            labels = kept + [OTHER]
+        else:
+            labels = sorted(ranked)
+        encodings.append(Encoding(labels, index={v: i for i, v in enumerate(labels) if v != OTHER}))
+    return encodings
+
+
+def _encode_shard(file: str, features: Sequence[str], encodings: list[Encoding], error_col: str,
+                  loss_col: str | None) -> dict:
+    columns = [*features, error_col, *([loss_col] if loss_col else [])]
+    table = pq.read_table(file, columns=columns)
+    error = table.column(error_col).to_numpy(zero_copy_only=False).astype(bool)
+    return {
+        "codes": np.stack([enc.encode(table.column(f)) for f, enc in zip(features, encodings)]),
+        "error_rows": np.nonzero(error)[0].astype(np.int64),
+        "loss": None if loss_col is None else table.column(loss_col).to_numpy(zero_copy_only=False).astype(np.float64),
+    }
+
+
+def count_shard(shard: dict, cards: Sequence[int], combos: list[tuple[int, ...]]) -> dict:
+    """Counts of each requested combination on one encoded shard. Error counts come from a
+    bincount over the error rows only (a few percent of the rows), not a weighted pass."""
+    codes, error_rows, loss = shard["codes"], shard["error_rows"], shard["loss"]
+    out = {}
+    for combo in combos:
+        key = codes[combo[0]].astype(np.int64)
+        for f in combo[1:]:
+            key *= cards[f]
+            key += codes[f]
+        size = int(np.prod([cards[f] for f in combo]))
+        n = np.bincount(key, minlength=size)
+        k = np.bincount(key[error_rows], minlength=size)
+        if loss is None:
+            ls = lsq = np.zeros(size)
+        else:
+            ls = np.bincount(key, weights=loss, minlength=size)
+            lsq = np.bincount(key, weights=loss * loss, minlength=size)
+        out[combo] = SliceCounts(n, k, ls, lsq)
+    return out
+
+
+class ShardCounter:
+    """A lattice counter over Parquet shards, one Ray task per shard per level."""
+
+    def __init__(self, path: str | Path, error_col: str, features: Sequence[str], loss_col: str | None = None,
+                 max_values: int = 20, n_bins: int = 10, num_cpus: float = 1.0):
+        import ray
+
+        self.files = parquet_files(path)
+        self.names = list(features)
+        remote = ray.remote(num_cpus=num_cpus)
+        profiles = ray.get([remote(_profile).remote(f, self.names) for f in self.files])
+        self.encodings = build_encodings(profiles, self.names, max_values, n_bins)
+        self.values = [e.labels for e in self.encodings]
+        self.cards = [len(v) for v in self.values]
+        self.shards = [remote(_encode_shard).remote(f, self.names, self.encodings, error_col, loss_col)
+                       for f in self.files]
+        self._count = remote(count_shard)
+        self._conjunctions = remote(_shard_conjunctions)
+        self._totals = ray.get([remote(_shard_totals).remote(s) for s in self.shards])
+
+    def totals(self) -> tuple[int, int, float, float]:
+        t = np.sum(np.asarray(self._totals, np.float64), axis=0)
+        return int(t[0]), int(t[1]), float(t[2]), float(t[3])
+
+    def count(self, combos: list[tuple[int, ...]]) -> dict[tuple[int, ...], SliceCounts]:
+        import ray
+
+        merged: dict[tuple[int, ...], SliceCounts] = {}
+        pending = [self._count.remote(shard, self.cards, combos) for shard in self.shards]
+        while pending:  # merge as shards finish: the driver holds one level's counts, not rows
+            done, pending = ray.wait(pending, num_returns=1)
+            for combo, counts in ray.get(done[0]).items():
+                merged[combo] = counts if combo not in merged else merged[combo] + counts
+        return merged
+
+    def count_conjunctions(self, conjunctions):
+        import ray
+
+        parts = ray.get([self._conjunctions.remote(shard, conjunctions) for shard in self.shards])
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def _shard_conjunctions(shard: dict, conjunctions) -> tuple[np.ndarray, np.ndarray]:
+    error = np.zeros(shard["codes"].shape[1], bool)
+    error[shard["error_rows"]] = True
+    return conjunction_counts(shard["codes"], error, conjunctions)
+
+
+def _shard_totals(shard: dict) -> tuple[float, float, float, float]:
+    loss = shard["loss"]
+    n = shard["codes"].shape[1]
+    if loss is None:
+        return n, len(shard["error_rows"]), 0.0, 0.0
+    return n, len(shard["error_rows"]), float(loss.sum()), float((loss * loss).sum())
