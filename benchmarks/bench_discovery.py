@@ -3,7 +3,10 @@
 For each seed, a random bug suite is drawn over the spec's classes and axes (one
 under-representation bug and one spurious correlation, on different classes), a classifier is
 trained with it, the audit runs, and each planted bug counts as found if a slice that expresses it
-is among the top-k flagged slices. A control classifier trained with no planted bug shows what
+is among the top-k flagged slices. Each bug also records whether it *took*: the classifier's error rate where the bug acts
+against elsewhere (one-sided Fisher p < 0.001), so that a bug the model shrugged off (it
+generalised across the missing combination) is told apart from a bug the audit missed.
+A control classifier trained with no planted bug shows what
 the audit flags when nothing was planted (the model's own, unplanted weaknesses).
 
 A flagged slice expresses a bug when (predicates as a set of axis=value pairs):
@@ -32,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from vbugs_ray.audit import audit  # noqa: E402
 from vbugs_ray.spec import DEFAULT_SPEC, parse_spec  # noqa: E402
+from vbugs_ray.store import RunStore  # noqa: E402
 
 
 def draw_bugs(spec_dict: dict, rng: np.random.Generator) -> list[dict]:
@@ -58,6 +62,24 @@ def expresses(predicates: dict, bug: dict) -> bool:
     return predicates.get(axis) == value and other_class
 
 
+def _where_error_rate(rows: dict, bug: dict) -> dict:
+    """Did the planted bug take? Error rate where it acts vs elsewhere, and Fisher's one-sided p.
+    (For a spurious correlation it acts on the class away from the spurious value.)"""
+    from scipy.stats import fisher_exact
+
+    inside = np.ones(len(rows["error"]), bool)
+    for k, v in bug["where"].items():
+        inside &= np.asarray(rows[k]) == v
+    if "spurious" in bug:
+        (axis, value), = bug["spurious"].items()
+        inside &= np.asarray(rows[axis]) != value
+    err = np.asarray(rows["error"], bool)
+    k_in, n_in, k_out, n_out = int(err[inside].sum()), int(inside.sum()), int(err[~inside].sum()), int((~inside).sum())
+    p = fisher_exact([[k_in, n_in - k_in], [k_out, n_out - k_out]], alternative="greater").pvalue
+    return {"inside": round(k_in / max(n_in, 1), 4), "elsewhere": round(k_out / max(n_out, 1), 4),
+            "n_inside": n_in, "p_value": float(p), "took": bool(p < 0.001)}
+
+
 def run_one(spec_dict: dict, bugs: list[dict], seed: int, top_k: int, executor: str, workdir: Path) -> dict:
     spec_dict = copy.deepcopy(spec_dict)
     spec_dict["seed"] = seed
@@ -66,12 +88,15 @@ def run_one(spec_dict: dict, bugs: list[dict], seed: int, top_k: int, executor: 
     spec_dict["run"]["executor"] = executor
     spec = parse_spec(spec_dict)
     t0 = time.time()
-    report = audit(spec, workdir / f"seed{seed}-{len(bugs)}bugs", progress=lambda _: None)
+    run_dir = workdir / f"seed{seed}-{len(bugs)}bugs"
+    report = audit(spec, run_dir, progress=lambda _: None)
     top = report["flagged_slices"][:top_k]
+    rows = RunStore(run_dir).read(columns=["class", *spec.axis_names, "error"]).to_pydict()
     found = [next((rank for rank, s in enumerate(top, 1) if expresses(s["predicates"], b)), None) for b in bugs]
     return {
         "seed": seed,
         "bugs": bugs,
+        "bug_error_rates": [_where_error_rate(rows, b) for b in bugs],
         "found_at_rank": found,
         "recall_top_k": (sum(r is not None for r in found) / len(bugs)) if bugs else None,
         "n_flagged": len(report["flagged_slices"]),
@@ -103,6 +128,15 @@ def main() -> None:
         control = run_one(spec_dict, [], 0, args.top_k, args.executor, workdir)
     planted = sum(len(r["bugs"]) for r in runs)
     found = sum(sum(x is not None for x in r["found_at_rank"]) for r in runs)
+    took = [(rank, rate["took"]) for r in runs for rank, rate in zip(r["found_at_rank"], r["bug_error_rates"])]
+    effective = sum(t for _, t in took)
+    by_kind = {}
+    for r in runs:
+        for bug, rank in zip(r["bugs"], r["found_at_rank"]):
+            kind = "under_representation" if "keep" in bug else "spurious_correlation"
+            entry = by_kind.setdefault(kind, {"planted": 0, "found": 0})
+            entry["planted"] += 1
+            entry["found"] += rank is not None
     print(json.dumps({
         "benchmark": "discovery",
         "top_k": args.top_k,
@@ -110,6 +144,9 @@ def main() -> None:
         "recall_top_k": found / planted,
         "planted_bugs": planted,
         "found_bugs": found,
+        "bugs_that_took": effective,
+        "recall_top_k_of_bugs_that_took": (sum(rank is not None for rank, t in took if t) / effective) if effective else None,
+        "by_kind": by_kind,
         "control_no_bug_flagged_slices": control["n_flagged"],
         "control": control,
         "runs": runs,

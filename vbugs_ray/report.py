@@ -41,6 +41,8 @@ def format_slices(report: dict, top: int = 10) -> str:
         name = ", ".join(f"{k}={v}" for k, v in s["predicates"].items())
         lines.append(f"{i:>3}  {name:<44} {s['n']:>6} {s['error_rate']:>6.3f} {s['complement_error_rate']:>6.3f} "
                      f"{s['effect']:>7.2f} {s['q_value']:>9.2e}")
+        if s.get("explained_by"):
+            lines.append(f"{'':>5}explained by: {', '.join(f'{k}={v}' for k, v in s['explained_by'].items())}")
         if s.get("caption"):
             lines.append(f"{'':>5}caption: {', '.join(s['caption'])}")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from vbugs_ray.slices.encode import MISSING, OTHER
-from vbugs_ray.slices.lattice import SliceCounts, conjunction_counts
+from vbugs_ray.slices.lattice import SliceCounts, residual_counts
 
 _SAMPLE_PER_SHARD = 20_000
 
@@ -170,7 +170,7 @@ class ShardCounter:
         self.shards = [remote(_encode_shard).remote(f, self.names, self.encodings, error_col, loss_col)
                        for f in self.files]
         self._count = remote(count_shard)
-        self._conjunctions = remote(_shard_conjunctions)
+        self._residual = remote(_shard_residual)
         self._totals = ray.get([remote(_shard_totals).remote(s) for s in self.shards])
 
     def totals(self) -> tuple[int, int, float, float]:
@@ -188,17 +188,17 @@ class ShardCounter:
                 merged[combo] = counts if combo not in merged else merged[combo] + counts
         return merged
 
-    def count_conjunctions(self, conjunctions):
+    def count_residual(self, slice_, others):
         import ray
 
-        parts = ray.get([self._conjunctions.remote(shard, conjunctions) for shard in self.shards])
-        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+        parts = ray.get([self._residual.remote(shard, slice_, others) for shard in self.shards])
+        return tuple(int(x) for x in np.sum(np.asarray(parts, np.int64), axis=0))
 
 
-def _shard_conjunctions(shard: dict, conjunctions) -> tuple[np.ndarray, np.ndarray]:
+def _shard_residual(shard: dict, slice_, others) -> tuple[int, int, int, int]:
     error = np.zeros(shard["codes"].shape[1], bool)
     error[shard["error_rows"]] = True
-    return conjunction_counts(shard["codes"], error, conjunctions)
+    return residual_counts(shard["codes"], error, slice_, others)
 
 
 def _shard_totals(shard: dict) -> tuple[float, float, float, float]:

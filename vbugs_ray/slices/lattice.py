@@ -67,7 +67,7 @@ class Counter(Protocol):
 
     def count(self, combos: list[tuple[int, ...]]) -> dict[tuple[int, ...], SliceCounts]: ...
 
-    def count_conjunctions(self, conjunctions: list[tuple[tuple[int, int], ...]]) -> tuple[np.ndarray, np.ndarray]: ...
+    def count_residual(self, slice_: tuple, others: list[tuple]) -> tuple[int, int, int, int]: ...
 
 
 class TableCounter:
@@ -88,20 +88,26 @@ class TableCounter:
         return {c: count_cells([self.codes[f] for f in c], [cards[f] for f in c], self.error, self.loss)
                 for c in combos}
 
-    def count_conjunctions(self, conjunctions):
-        return conjunction_counts(self.codes, self.error.astype(bool), conjunctions)
+    def count_residual(self, slice_, others):
+        return residual_counts(self.codes, self.error.astype(bool), slice_, others)
 
 
-def conjunction_counts(codes, error: np.ndarray, conjunctions) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and errors of arbitrary conjunctions (for overlaps of slices of any order)."""
-    n = np.zeros(len(conjunctions), np.int64)
-    k = np.zeros(len(conjunctions), np.int64)
-    for i, conj in enumerate(conjunctions):
-        mask = np.ones(len(error), bool)
-        for f, v in conj:
-            mask &= codes[f] == v
-        n[i], k[i] = int(mask.sum()), int(error[mask].sum())
-    return n, k
+def _mask(codes, n_rows: int, conjunction) -> np.ndarray:
+    mask = np.ones(n_rows, bool)
+    for f, v in conjunction:
+        mask &= codes[f] == v
+    return mask
+
+
+def residual_counts(codes, error: np.ndarray, slice_, others) -> tuple[int, int, int, int]:
+    """Rows and errors of ``slice_`` outside every slice in ``others``, and of all rows outside
+    them: what is left of a slice once stronger failures are taken out."""
+    union = np.zeros(len(error), bool)
+    for conj in others:
+        union |= _mask(codes, len(error), conj)
+    rest = _mask(codes, len(error), slice_) & ~union
+    pool = ~union
+    return int(rest.sum()), int(error[rest].sum()), int(pool.sum()), int(error[pool].sum())
 
 
 def lattice_size(cards: Sequence[int], max_order: int) -> int:

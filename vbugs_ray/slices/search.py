@@ -113,7 +113,7 @@ def run_search(counter: lattice.Counter, settings: SearchSettings) -> SliceResul
     flagged, parent_of = _drop_redundant_children(flagged, ev.predicates, index, n_s, k_s, settings.alpha)
     result.redundant_children = len(index) - len(flagged)
     by_strength = sorted(flagged, key=lambda i: (log_p[i], -effect[i]))
-    explained = _explained_by_stronger(by_strength, ev.predicates, n_s, k_s, n_total, k_total, settings.alpha, counter)
+    explained = _explained_by_stronger(by_strength, ev.predicates, n_s, k_s, n_total, k_total, settings, counter)
 
     low, high = stats.clopper_pearson(k_s, n_s)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -172,39 +172,34 @@ def _drop_redundant_children(flagged, preds, index, n_s, k_s, alpha):
     return [i for i in flagged if i not in redundant], parent_of
 
 
-def _explained_by_stronger(by_strength, preds, n_s, k_s, n_total, k_total, alpha, counter,
-                           max_leaders: int = 50, max_checked: int = 300) -> dict[int, int]:
-    """Slices whose excess a more significant flagged slice T accounts for: S minus T is not
-    significantly worse than S's complement (one-sided Fisher at alpha). T may be a refinement of S
-    or merely overlap it (a slice that cuts across a planted one inherits part of its failures).
-    Checked for the ``max_checked`` most significant slices against up to ``max_leaders`` leaders."""
+def _explained_by_stronger(by_strength, preds, n_s, k_s, n_total, k_total, settings, counter,
+                           max_leaders: int = 50, max_checked: int = 200) -> dict[int, int]:
+    """Slices whose excess more significant flagged slices account for.
+
+    Leaders are taken in order of significance. A slice S explains itself only if, with the rows
+    of every stronger leader that overlaps it removed, what is left of S still passes the flag
+    criteria (one-sided Fisher at alpha, effect >= min_effect) against the rest of the remaining
+    rows; otherwise it is explained by the strongest overlapping leader. Overlap covers
+    refinements and slices that merely cut across a stronger one. Checked for the
+    ``max_checked`` most significant slices against up to ``max_leaders`` leaders."""
     leaders: list[int] = []
     explained: dict[int, int] = {}
     for s in by_strength[:max_checked]:
         s_items = dict(preds[s])
-        overlaps, partners = [], []
-        for t in leaders:
-            t_items = dict(preds[t])
-            if any(f in s_items and s_items[f] != v for f, v in t_items.items()):
-                continue  # disjoint
-            if all(s_items.get(f) == v for f, v in t_items.items()):
-                continue  # T contains S's rows entirely: S minus T is empty, nothing to compare
-            overlaps.append(tuple(sorted({**s_items, **t_items}.items())))
-            partners.append(t)
-        if overlaps:
-            both_n, both_k = counter.count_conjunctions(overlaps)
-            rest_n = n_s[s] - both_n
-            rest_k = k_s[s] - both_k
-            pool_n = n_total - both_n
-            pool_k = k_total - both_k
-            for t, rn, rk, pn, pk in zip(partners, rest_n, rest_k, pool_n, pool_k):
-                if rn == 0:
-                    explained[s] = t
-                    break
-                lp = stats.fisher_greater_log(np.array([rk]), np.array([rn]), int(pk), int(pn))[0]
-                if lp > np.log(alpha):
-                    explained[s] = t
-                    break
+        overlapping = [t for t in leaders
+                       if not any(f in s_items and s_items[f] != v for f, v in preds[t])       # not disjoint
+                       and not all(s_items.get(f) == v for f, v in preds[t])]                 # S not inside T
+        if overlapping:
+            rest_n, rest_k, pool_n, pool_k = counter.count_residual(preds[s], [preds[t] for t in overlapping])
+            if rest_n == 0 or pool_n == rest_n:
+                self_explaining = False
+            else:
+                lp = stats.fisher_greater_log(np.array([rest_k]), np.array([rest_n]), pool_k, pool_n)[0]
+                p_rest, p_other = rest_k / rest_n, (pool_k - rest_k) / (pool_n - rest_n)
+                effect = stats.effect_size(np.array([p_rest]), np.array([p_other]))[0]
+                self_explaining = lp <= np.log(settings.alpha) and effect >= settings.min_effect
+            if not self_explaining:
+                explained[s] = overlapping[0]
         if s not in explained and len(leaders) < max_leaders:
             leaders.append(s)
     return explained
