@@ -50,6 +50,8 @@ _DELETE = object()
         ("classifier.batch_size", "big", "classifier.batch_size", "expected an integer"),
         ("classifier.device", "tpu", "classifier.device", "expected auto, cpu"),
         ("run.executor", "spark", "run.executor", "allowed: ray, local"),
+        ("generator.options.dpi", 300, "generator.options.dpi", "unknown option; allowed: resolution"),
+        ("embedder.options.stepz", 5, "embedder.options.stepz", "unknown option; allowed: steps, seed"),
         ("embedder", _DELETE, "embedder", "is required"),
     ],
 )
@@ -58,6 +60,7 @@ def test_spec_errors_name_the_field(spec_dict, path, value, field, words):
         spec_dict.pop("images_per_cell", None)
     if path == "axes.weather":
         spec_dict["prompt"] += " {weather}"
+    spec_dict["embedder"].setdefault("options", {})
     with pytest.raises(SpecError) as err:
         parse_spec(_mutate(spec_dict, path, value))
     message = str(err.value)

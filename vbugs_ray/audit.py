@@ -96,7 +96,7 @@ def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Pr
     if captioning:
         embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
         caption_slices(result.flagged, columns, embeddings, spec, spec.search.top_k)
-    report = build_report(result, spec.to_dict(), features)
+    report = build_report(result, spec.to_dict()["search"], features, name=spec.name)
     write_report(store.report_path, report)
     progress(f"slice search: {result.n_tested} slices tested, {len(result.flagged)} flagged -> {store.report_path}")
     return report

@@ -9,9 +9,10 @@ from pathlib import Path
 from vbugs_ray.slices import SliceResult
 
 
-def build_report(result: SliceResult, spec_dict: dict, features: list[str]) -> dict:
+def build_report(result: SliceResult, search: dict, features: list[str], **extra) -> dict:
+    """The report.json document (``extra`` keys come first: run name, table path...)."""
     return {
-        "name": spec_dict.get("name"),
+        **extra,
         "n_images": result.n_rows,
         "base_error_rate": result.base_error_rate,
         "n_slices_tested": result.n_tested,
@@ -19,7 +20,7 @@ def build_report(result: SliceResult, spec_dict: dict, features: list[str]) -> d
         "lattice_size": result.lattice_size,
         "redundant_children_dropped": result.redundant_children,
         "slice_features": features,
-        "search": spec_dict.get("search"),
+        "search": search,
         "flagged_slices": result.flagged,
     }
 

@@ -2,6 +2,7 @@
 
 Entries are import paths, so naming a heavy backend (diffusers...) costs nothing until it is used.
 A backend class may define:
+- ``OPTIONS``: the option keys it takes (others are refused, naming the key);
 - ``validate(role_spec, spec)`` (classmethod): raise SpecError for bad options, at spec load time;
 - ``prepare(role_spec, spec, progress)`` (classmethod): one-time driver-side work (training,
   downloads) before any actor starts, so actors only load;
@@ -36,7 +37,14 @@ def backend_class(role: str, name: str) -> type:
 
 
 def validate(role: str, role_spec: Any, spec: Any) -> None:
+    """Unknown option keys (against the backend's ``OPTIONS``), then the backend's own checks."""
+    from vbugs_ray.spec import SpecError
+
     cls = backend_class(role, role_spec.backend)
+    allowed = getattr(cls, "OPTIONS", None)
+    for key in role_spec.options if allowed is not None else ():
+        if key not in allowed:
+            raise SpecError(f"{role}.options.{key}", f"unknown option; allowed: {', '.join(allowed)}")
     if hasattr(cls, "validate"):
         cls.validate(role_spec, spec)
 

@@ -117,16 +117,6 @@ def lattice_size(cards: Sequence[int], max_order: int) -> int:
                    for combo in itertools.combinations(range(len(cards)), order)))
 
 
-@dataclass(frozen=True)
-class LatticeSettings:
-    alpha: float = 0.05
-    min_support: int = 20
-    max_order: int = 3
-    min_effect: float = 0.2
-    fdr: str = "bh"          # "bh" | "alpha_investing"
-    prune: bool = True       # False: count every slice with support (the exhaustive reference)
-
-
 @dataclass
 class Evaluated:
     """All tested slices of one search, as parallel arrays (row i = slice i)."""
@@ -147,23 +137,25 @@ def _best_refinement_log_p(n: np.ndarray, k: np.ndarray, min_support: int, k_tot
     return np.minimum(fisher, z)
 
 
-def search(counter: Counter, settings: LatticeSettings) -> tuple[Evaluated, int]:
-    """Evaluate the lattice level by level; returns the tested slices and the lattice size."""
+def search(counter: Counter, *, alpha: float, min_support: int, max_order: int, prune: bool = True
+           ) -> tuple[Evaluated, int]:
+    """Evaluate the lattice level by level; returns the tested slices and the lattice size.
+    ``prune=False`` counts every slice with support (the exhaustive reference)."""
     cards = [len(v) for v in counter.values]
     n_total, k_total, _, _ = counter.totals()
-    family = lattice_size(cards, settings.max_order)
+    family = lattice_size(cards, max_order)
     preds: list[tuple[tuple[int, int], ...]] = []
     parts: list[tuple[np.ndarray, ...]] = []
     expandable: set[tuple[tuple[int, int], ...]] = set()
     combos = [(f,) for f in range(len(cards))]
-    for order in range(1, settings.max_order + 1):
+    for order in range(1, max_order + 1):
         if not combos:
             break
         counts = counter.count(combos)
         level_preds, level = [], []
         for combo in combos:
             c = counts[combo]
-            cells = np.nonzero((c.n >= settings.min_support) & (c.n < n_total))[0]
+            cells = np.nonzero((c.n >= min_support) & (c.n < n_total))[0]
             for flat in cells:
                 digits = np.unravel_index(flat, [cards[f] for f in combo])
                 key = tuple((f, int(d)) for f, d in zip(combo, digits))
@@ -176,15 +168,15 @@ def search(counter: Counter, settings: LatticeSettings) -> tuple[Evaluated, int]
         arr = np.asarray(level, np.float64).reshape(-1, 4)
         preds.extend(level_preds)
         parts.append(tuple(arr.T))
-        if order == settings.max_order:
+        if order == max_order:
             break
         n, k = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
-        can_expand = n >= settings.min_support  # a refinement has at most its parent's rows
-        if settings.prune:
+        can_expand = n >= min_support  # a refinement has at most its parent's rows
+        if prune:
             # a flagged slice has p <= q <= alpha, so a branch whose best refinement can't reach
             # p <= alpha holds nothing to flag
-            best = _best_refinement_log_p(n, k, settings.min_support, k_total, n_total)
-            can_expand &= best <= np.log(settings.alpha)
+            best = _best_refinement_log_p(n, k, min_support, k_total, n_total)
+            can_expand &= best <= np.log(alpha)
         expandable = {p for p, ok in zip(level_preds, can_expand) if ok}
         combos = sorted({tuple(sorted({f for f, _ in p} | {g}))
                          for p in expandable for g in range(len(cards)) if g not in {f for f, _ in p}})

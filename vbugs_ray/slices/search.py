@@ -85,10 +85,8 @@ def search_slices(columns: Mapping[str, Sequence], errors: Sequence, settings: S
 def run_search(counter: lattice.Counter, settings: SearchSettings) -> SliceResult:
     if settings.fdr not in FDR_PROCEDURES:
         raise ValueError(f"unknown fdr procedure {settings.fdr!r}; allowed: {', '.join(FDR_PROCEDURES)}")
-    lat = lattice.LatticeSettings(alpha=settings.alpha, min_support=settings.min_support,
-                                  max_order=settings.max_order, min_effect=settings.min_effect,
-                                  fdr=settings.fdr, prune=settings.prune)
-    ev, family = lattice.search(counter, lat)
+    ev, family = lattice.search(counter, alpha=settings.alpha, min_support=settings.min_support,
+                                max_order=settings.max_order, prune=settings.prune)
     n_total, k_total, loss_total, loss_sq_total = counter.totals()
     result = SliceResult(base_error_rate=k_total / n_total if n_total else 0.0, n_rows=n_total,
                          n_tested=len(ev.predicates), lattice_size=family)

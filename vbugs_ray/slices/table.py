@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from vbugs_ray.report import build_report
 from vbugs_ray.slices.search import SearchSettings, run_search
 
 
@@ -57,20 +58,8 @@ def search_table(path: str, error_col: str, loss_col: str | None, features: list
     finally:
         if started:
             ray.shutdown()
-    report = {
-        "table": str(path),
-        "files": len(files),
-        "n_rows": result.n_rows,
-        "n_images": result.n_rows,
-        "base_error_rate": result.base_error_rate,
-        "n_slices_tested": result.n_tested,
-        "evaluated_slices": result.n_tested,
-        "lattice_size": result.lattice_size,
-        "redundant_children_dropped": result.redundant_children,
-        "search": search,
-        "wall_s": round(time.time() - t0, 2),
-        "flagged_slices": result.flagged,
-    }
+    report = build_report(result, search, features, table=str(path), files=len(files),
+                          wall_s=round(time.time() - t0, 2))
     if out:
         tmp = Path(out).with_name(f".{Path(out).name}.tmp")
         tmp.write_text(json.dumps(report, indent=2))

@@ -73,21 +73,22 @@ def biased_sample(n: int, classes: Sequence[str], bugs: Sequence[PlantedBug], se
 
 
 class ToyCNN(nn.Module):
-    """Four conv blocks, global average+max pooling, a linear head.
+    """Four conv blocks, global average+max pooling, a linear head. Input: floats in [0, 1], NCHW.
 
-    Input: floats in [0, 1], NCHW. Each image is standardised per channel first, so a dark (night)
-    image is not a different input scale; that leaves the planted bugs as the data's doing.
-    With ``image_stats`` the head also sees each image's per-channel mean and spread (what the
-    standardisation removed): the toy CLIP needs them to tell lighting and background.
+    ``standardize``: each image is standardised per channel first (the toy CLIP's trunk does, so
+    its shape features ignore lighting); ``image_stats`` then hands the head the per-channel mean
+    and spread that standardising removed, which the CLIP needs to tell lighting and background.
+    The audited toy classifier sees raw pixels (fixed scaling): like a real model, it can then
+    lean on colour, lighting and background, which is what lets planted bugs take.
     """
 
-    def __init__(self, num_classes: int, width: int = 32, image_stats: bool = False):
+    def __init__(self, num_classes: int, width: int = 32, standardize: bool = False, image_stats: bool = False):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-        self.image_stats = image_stats
+        self.standardize, self.image_stats = standardize, image_stats
         self.features = nn.Sequential(
             nn.AvgPool2d(2), block(3, width), nn.MaxPool2d(2),
             block(width, width * 2), nn.MaxPool2d(2), block(width * 2, width * 4), nn.MaxPool2d(2),
@@ -98,7 +99,7 @@ class ToyCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=(2, 3), keepdim=True)
         std = x.std(dim=(2, 3), keepdim=True) + 0.05
-        f = self.features((x - mean) / std)
+        f = self.features((x - mean) / std if self.standardize else (x - 0.5) / 0.25)
         pooled = [f.mean(dim=(2, 3)), f.amax(dim=(2, 3))]
         if self.image_stats:
             pooled += [mean.flatten(1) * 4, std.flatten(1) * 4]
@@ -114,7 +115,7 @@ def training_config(classes: Sequence[str], bugs: Sequence[PlantedBug], train_im
                     seed: int, resolution: int) -> dict:
     config = {"classes": list(classes), "bugs": [b.to_dict() for b in bugs], "train_images": train_images,
               "epochs": epochs, "seed": seed, "resolution": resolution, "renderer": renderer.RENDERER_VERSION,
-              "model": "ToyCNN-v1"}
+              "model": "ToyCNN-v2-raw"}
     return json.loads(json.dumps(config))  # plain types only: the checkpoint loads with weights_only
 
 

@@ -46,7 +46,7 @@ def _toycnn_trunk(pretrained: bool = False, num_classes: int = 64, **kwargs):
 
     if pretrained:
         raise ValueError(f"{TIMM_TRUNK} has no pretrained weights; load a checkpoint instead")
-    return ToyCNN(num_classes=num_classes, image_stats=True)
+    return ToyCNN(num_classes=num_classes, standardize=True, image_stats=True)
 
 
 _toycnn_trunk.__name__ = TIMM_TRUNK

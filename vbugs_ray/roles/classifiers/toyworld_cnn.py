@@ -82,11 +82,10 @@ def training_config(role_spec, spec) -> dict:
 
 
 class ToyWorldClassifier:
+    OPTIONS = OPTIONS  # option keys the registry accepts for this backend
+
     @classmethod
     def validate(cls, role_spec, spec) -> None:
-        for key in role_spec.options:
-            if key not in OPTIONS:
-                raise SpecError(f"classifier.options.{key}", f"unknown option; allowed: {', '.join(OPTIONS)}")
         training_config(role_spec, spec)
         for i, bug in enumerate(parse_bugs(role_spec.options.get("bugs"))):
             cls_value = bug.where.get("class")
