@@ -7,7 +7,8 @@ from sums. False discoveries: Benjamini-Hochberg over the whole lattice as the f
 pruning never changes what is flagged), or alpha-investing in evaluation order.
 
 Flagged: rejected, effect >= min_effect. Then, so that each distinct failure appears once near
-the top:
+the top (ranked: distinct failures, then worse parts of them, then explained slices, each tier by
+significance):
 - a child of a flagged slice is kept only if it fails significantly more than the rest of its
   parent (one-sided Fisher within the parent, Bonferroni over the parent's flagged children);
 - a flagged slice whose excess a flagged refinement explains (the slice minus the refinement is
@@ -122,7 +123,13 @@ def run_search(counter: lattice.Counter, settings: SearchSettings) -> SliceResul
     def named(pred) -> dict:
         return {names[f]: values[f][v] for f, v in pred}
 
-    order = sorted(flagged, key=lambda i: (i in explained, log_p[i], -effect[i], len(ev.predicates[i])))
+    def tier(i: int) -> int:
+        """0: a distinct failure; 1: a worse part of a listed failure; 2: explained by another."""
+        if i in explained:
+            return 2
+        return 1 if i in parent_of and parent_of[i] not in explained else 0
+
+    order = sorted(flagged, key=lambda i: (tier(i), log_p[i], -effect[i], len(ev.predicates[i])))
     result.flagged = [
         {
             "predicates": named(ev.predicates[i]),
