@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+BENCH_VENV := .venv-bench
+
+.PHONY: demo test install clean bench bench-slices
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,5 +27,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_discovery.py
 
+# the slice-search baselines pin numpy<2, so they live in a venv of their own
+$(BENCH_VENV)/.installed:
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet pysubgroup sliceline pandas "pyarrow<20"
+	touch $@
+
+bench-slices: $(STAMP) $(BENCH_VENV)/.installed
+	$(BIN)/python benchmarks/bench_slices.py --baseline-python $(BENCH_VENV)/bin/python
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(BENCH_VENV) runs

@@ -7,7 +7,8 @@ recall of the planted slices in the top 10, false flagged slices (flagged slices
 predicate with, or contradict, every planted slice), evaluated/lattice ratio, and the time ratio
 to each baseline. A run that fails or exceeds the memory cap is recorded as a result.
 
-Baselines need `pip install -e .[bench]` (pysubgroup, sliceline).
+The baselines pin numpy<2, so they run from their own venv (`make bench-slices` builds
+.venv-bench and runs this script with it as --baseline-python).
 
 Usage: python benchmarks/bench_slices.py [--sizes 100000,1000000] [--features 12] [--mem-gb 8]
 """
@@ -104,10 +105,11 @@ def _tree_rss(proc) -> int:
     return total
 
 
-def run_system(system: str, table: str, features: list[str], mem_gb: float, timeout_s: float) -> dict:
+def run_system(system: str, table: str, features: list[str], mem_gb: float, timeout_s: float,
+               python: str) -> dict:
     import psutil
 
-    cmd = [sys.executable, __file__, "--worker", system, "--table", table, "--features", ",".join(features),
+    cmd = [python, __file__, "--worker", system, "--table", table, "--features", ",".join(features),
            "--mem-gb", str(mem_gb)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -159,6 +161,8 @@ def main() -> None:
     parser.add_argument("--mem-gb", type=float, default=8.0)
     parser.add_argument("--timeout-s", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline-python", default=str(ROOT / ".venv-bench" / "bin" / "python"),
+                        help="interpreter with pysubgroup and sliceline (they need numpy<2): `make bench-slices`")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.table, args.features.split(","), args.mem_gb)
@@ -179,7 +183,8 @@ def main() -> None:
             for system in args.systems.split(","):
                 if system != "vbugs_ray" and rows > args.baseline_max_rows:
                     continue
-                record = run_system(system, str(table), features, args.mem_gb, args.timeout_s)
+                python = sys.executable if system == "vbugs_ray" else args.baseline_python
+                record = run_system(system, str(table), features, args.mem_gb, args.timeout_s, python)
                 record.update(rows=rows, features=args.n_features, max_order=3)
                 score(record, planted)
                 by_system[system] = record
