@@ -1,10 +1,11 @@
 """The slice search over Parquet shards with Ray tasks: no process holds the whole table.
 
-Pass 1 (one task per file): each feature's value counts (categorical) or a sample (numeric).
-The driver merges them into one encoding per feature, the same for every shard.
-Pass 2 (one task per file): the shard's columns become small integer codes, kept in Ray's object
-store. Then, level by level, one task per shard counts only the feature combinations that still
-hold candidate slices (``ShardCounter.count``), and the driver adds the per-shard counts.
+A shard is a piece of about a million rows (whole row groups of one file), so one big file still
+spreads over every core. Pass 1 (one task per shard): each feature's value counts (categorical)
+or a sample (numeric); the driver merges them into one encoding per feature, the same for every
+shard. Pass 2 (one task per shard): the shard's columns become small integer codes, kept in Ray's
+object store. Then, level by level, one task per shard counts only the feature combinations that
+still hold candidate slices (``ShardCounter.count``), and the driver adds the per-shard counts.
 """
 
 from __future__ import annotations
@@ -37,15 +38,38 @@ def parquet_files(path: str | Path) -> list[str]:
     return files
 
 
+def shard_pieces(files: list[str], target_rows: int = 1_000_000) -> list[tuple[str, list[int]]]:
+    """Split files into pieces of whole row groups of about ``target_rows`` rows: the unit of one
+    task, so a single large file still spreads over every core."""
+    pieces = []
+    for file in files:
+        meta = pq.ParquetFile(file).metadata
+        group, rows = [], 0
+        for g in range(meta.num_row_groups):
+            group.append(g)
+            rows += meta.row_group(g).num_rows
+            if rows >= target_rows:
+                pieces.append((file, group))
+                group, rows = [], 0
+        if group or meta.num_row_groups == 0:
+            pieces.append((file, group))
+    return pieces
+
+
+def _read(piece: tuple[str, list[int]], columns: list[str]) -> pa.Table:
+    file, groups = piece
+    return pq.ParquetFile(file).read_row_groups(groups, columns=columns)
+
+
 def _is_numeric(type_: pa.DataType) -> bool:
     return pa.types.is_floating(type_) or pa.types.is_integer(type_)
 
 
-def _profile(file: str, features: Sequence[str]) -> dict:
+def _profile(piece: tuple[str, list[int]], features: Sequence[str]) -> dict:
     """Per feature: value -> count (categorical) or a random sample (numeric) of one shard."""
-    table = pq.read_table(file, columns=list(features))
+    table = _read(piece, list(features))
     out = {}
-    rng = np.random.default_rng(len(file))
+    rng = np.random.default_rng([len(piece[0]), *piece[1]])
     for name in features:
         column = table.column(name)
         if _is_numeric(column.type):
@@ -119,10 +143,10 @@ def build_encodings(profiles: list[dict], features: Sequence[str], max_values: i
     return encodings
 
 
-def _encode_shard(file: str, features: Sequence[str], encodings: list[Encoding], error_col: str,
+def _encode_shard(piece: tuple[str, list[int]], features: Sequence[str], encodings: list[Encoding], error_col: str,
                   loss_col: str | None) -> dict:
     columns = [*features, error_col, *([loss_col] if loss_col else [])]
-    table = pq.read_table(file, columns=columns)
+    table = _read(piece, columns)
     error = table.column(error_col).to_numpy(zero_copy_only=False).astype(bool)
     return {
         "codes": np.stack([enc.encode(table.column(f)) for f, enc in zip(features, encodings)]),
@@ -161,14 +185,15 @@ class ShardCounter:
         import ray
 
         self.files = parquet_files(path)
+        self.pieces = shard_pieces(self.files)
         self.names = list(features)
         remote = ray.remote(num_cpus=num_cpus)
-        profiles = ray.get([remote(_profile).remote(f, self.names) for f in self.files])
+        profiles = ray.get([remote(_profile).remote(p, self.names) for p in self.pieces])
         self.encodings = build_encodings(profiles, self.names, max_values, n_bins)
         self.values = [e.labels for e in self.encodings]
         self.cards = [len(v) for v in self.values]
-        self.shards = [remote(_encode_shard).remote(f, self.names, self.encodings, error_col, loss_col)
-                       for f in self.files]
+        self.shards = [remote(_encode_shard).remote(p, self.names, self.encodings, error_col, loss_col)
+                       for p in self.pieces]
         self._count = remote(count_shard)
         self._residual = remote(_shard_residual)
         self._totals = ray.get([remote(_shard_totals).remote(s) for s in self.shards])
