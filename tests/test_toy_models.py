@@ -68,13 +68,14 @@ def test_planted_bias_training_plants_the_bugs(default_spec):
 
 @pytest.mark.slow
 def test_toy_clip_zero_shot(default_spec):
-    """Zero-shot on fresh renders: class > 90%, every spec axis > 80% (prompt ensembles)."""
+    """Zero-shot on fresh renders: class > 90%, the spec's axes and size > 80% (prompt ensembles).
+    (Clutter, the count of small distractor discs, reaches about 70%: not asserted.)"""
     registry.prepare("embedder", default_spec.embedder, default_spec, progress=lambda _: None)
     embedder = registry.create("embedder", default_spec.embedder, default_spec)
     rng = np.random.default_rng(123)
     props = renderer.sample_properties(1200, rng)
     feats = embedder.embed_images(renderer.render(props, list(range(50_000, 51_200))))
-    for prop in ("class", *default_spec.axis_names):
+    for prop in dict.fromkeys(("class", *default_spec.axis_names, "size")):
         values = list(renderer.VOCABULARY[prop])
         text = np.stack([embedder.embed_texts(toyclip.ensemble_prompts(prop, v)).mean(0) for v in values])
         pred = (feats @ text.T).argmax(1)

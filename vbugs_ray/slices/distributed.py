@@ -160,11 +160,16 @@ def count_shard(shard: dict, cards: Sequence[int], combos: list[tuple[int, ...]]
     bincount over the error rows only (a few percent of the rows), not a weighted pass."""
     codes, error_rows, loss = shard["codes"], shard["error_rows"], shard["loss"]
     out = {}
-    for combo in combos:
-        key = codes[combo[0]].astype(np.int64)
-        for f in combo[1:]:
-            key *= cards[f]
-            key += codes[f]
+    prefix, prefix_key = None, None
+    for combo in sorted(combos):  # sorted: combos sharing all but their last feature come together
+        if combo[:-1] != prefix:
+            prefix = combo[:-1]
+            prefix_key = np.zeros(codes.shape[1], np.int64)
+            for f in prefix:
+                prefix_key *= cards[f]
+                prefix_key += codes[f]
+        key = prefix_key * cards[combo[-1]]
+        key += codes[combo[-1]]
         size = int(np.prod([cards[f] for f in combo]))
         n = np.bincount(key, minlength=size)
         k = np.bincount(key[error_rows], minlength=size)

@@ -53,7 +53,7 @@ _toycnn_trunk.__name__ = TIMM_TRUNK
 
 
 def random_caption(props: Mapping[str, str], rng: np.random.Generator, always: str = "class",
-                   keep: float = 0.3) -> str:
+                   keep: float = 0.45) -> str:
     """A caption naming ``always`` and a random subset of the other properties."""
     return renderer.describe({k: v for k, v in props.items() if k == always or rng.random() < keep})
 
@@ -80,7 +80,7 @@ def preprocess(images: np.ndarray, image_size: int, mean: Sequence[float], std: 
 
 
 def training_config(steps: int, seed: int, resolution: int) -> dict:
-    return {"model": MODEL_NAME, "tower": "timm:vbugs_toycnn", "steps": steps, "batch_size": 128, "lr": 2e-3, "pool": 16384,
+    return {"model": MODEL_NAME, "tower": "timm:vbugs_toycnn", "caption_keep": 0.45, "steps": steps, "batch_size": 128, "lr": 2e-3, "pool": 16384,
             "seed": seed, "resolution": resolution, "renderer": renderer.RENDERER_VERSION}
 
 
@@ -109,7 +109,7 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
     bs = config["batch_size"]
     for step in range(config["steps"]):
         idx = rng.integers(0, len(props), bs)
-        texts = tokenizer([random_caption(props[i], rng) for i in idx])
+        texts = tokenizer([random_caption(props[i], rng, keep=config["caption_keep"]) for i in idx])
         out = model(pool[torch.from_numpy(idx)], texts)
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         opt.zero_grad(set_to_none=True)

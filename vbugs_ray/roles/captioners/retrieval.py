@@ -1,7 +1,7 @@
 """Captioner backend ``retrieval``: describes a set of images by ranking candidate phrases.
 
 As in Domino: a phrase scores by how much closer, in the embedder's joint image-text space, it
-is to the set's images than to a reference set's images. Candidates default to the spec's own
+is to the set's images than to a reference set's images (standardised per phrase). Candidates default to the spec's own
 vocabulary (class names and axis phrases), so captions use words the generator understands.
 """
 
@@ -23,10 +23,14 @@ def candidate_phrases(spec) -> list[str]:
 
 def rank_phrases(set_embeddings: np.ndarray, reference_embeddings: np.ndarray, phrase_embeddings: np.ndarray
                  ) -> np.ndarray:
-    """Score of each phrase: mean similarity to the set minus mean similarity to the reference."""
-    set_mean = np.asarray(set_embeddings, np.float64).mean(axis=0)
-    ref_mean = np.asarray(reference_embeddings, np.float64).mean(axis=0)
-    return np.asarray(phrase_embeddings, np.float64) @ (set_mean - ref_mean)
+    """Score of each phrase: how far its similarity to the set's images exceeds its similarity to
+    the reference images, in units of the phrase's own spread (a standardised mean difference,
+    so phrases whose similarities live on different scales compare fairly)."""
+    phrases = np.asarray(phrase_embeddings, np.float64)
+    inside = np.asarray(set_embeddings, np.float64) @ phrases.T
+    outside = np.asarray(reference_embeddings, np.float64) @ phrases.T
+    spread = np.sqrt((inside.var(axis=0) + outside.var(axis=0)) / 2) + 1e-6
+    return (inside.mean(axis=0) - outside.mean(axis=0)) / spread
 
 
 class RetrievalCaptioner:

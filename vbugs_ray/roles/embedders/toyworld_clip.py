@@ -23,7 +23,7 @@ def training_config(role_spec, spec) -> dict:
         value = opts.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SpecError(f"embedder.options.{key}", f"expected a non-negative integer; got {value!r}")
-    return toyclip.training_config(steps=opts.get("steps", 800), seed=opts.get("seed", 0),
+    return toyclip.training_config(steps=opts.get("steps", 1000), seed=opts.get("seed", 0),
                                    resolution=resolution_of(spec.generator))
 
 
