@@ -36,7 +36,11 @@ def test_shards_give_the_same_result_as_one_table(sharded_table, ray_session):
     features = [f"f{j}" for j in range(5)] + ["bucket"]
     settings = SearchSettings(max_order=3)
     counter = ShardCounter(root, "error", features, "loss")
+    assert len(counter.pieces) == 4 and counter.runner.__class__.__name__ == "_RayRunner"
     sharded = run_search(counter, settings)
+    in_process = run_search(ShardCounter(root, "error", features, "loss", use_ray=False), settings)
+    key = lambda r: [(s["predicates"], s["n"], s["errors"], s["explained_by"]) for s in r.flagged]
+    assert key(in_process) == key(sharded)  # loss sums differ only by float summation order
     local = search_slices({f: cols[f].astype(str) for f in features}, error, settings, loss=loss)
     assert sharded.n_rows == 40_000 and sharded.lattice_size == local.lattice_size
     assert [s["predicates"] for s in sharded.flagged] == [s["predicates"] for s in local.flagged]

@@ -182,46 +182,77 @@ def count_shard(shard: dict, cards: Sequence[int], combos: list[tuple[int, ...]]
     return out
 
 
-class ShardCounter:
-    """A lattice counter over Parquet shards, one Ray task per shard per level."""
+class _LocalRunner:
+    """Runs shard functions in this process (one shard: Ray would only add start-up time)."""
 
-    def __init__(self, path: str | Path, error_col: str, features: Sequence[str], loss_col: str | None = None,
-                 max_values: int = 20, n_bins: int = 10, num_cpus: float = 1.0):
+    def submit(self, fn, *args):
+        return fn(*args)
+
+    def get(self, handles):
+        return list(handles)
+
+    def as_completed(self, handles):
+        yield from handles
+
+
+class _RayRunner:
+    """Runs shard functions as Ray tasks; encoded shards stay in the object store."""
+
+    def __init__(self, num_cpus: float):
         import ray
 
+        self.ray, self.num_cpus, self.remotes = ray, num_cpus, {}
+
+    def submit(self, fn, *args):
+        if fn not in self.remotes:
+            self.remotes[fn] = self.ray.remote(num_cpus=self.num_cpus)(fn)
+        return self.remotes[fn].remote(*args)
+
+    def get(self, handles):
+        return self.ray.get(list(handles))
+
+    def as_completed(self, handles):
+        pending = list(handles)
+        while pending:
+            done, pending = self.ray.wait(pending, num_returns=1)
+            yield self.ray.get(done[0])
+
+
+class ShardCounter:
+    """A lattice counter over Parquet shards: one Ray task per shard per level, or, for a table
+    that is a single shard (``use_ray=None`` decides so), the same functions in-process."""
+
+    def __init__(self, path: str | Path, error_col: str, features: Sequence[str], loss_col: str | None = None,
+                 max_values: int = 20, n_bins: int = 10, num_cpus: float = 1.0, use_ray: bool | None = None):
         self.files = parquet_files(path)
         self.pieces = shard_pieces(self.files)
         self.names = list(features)
-        remote = ray.remote(num_cpus=num_cpus)
-        profiles = ray.get([remote(_profile).remote(p, self.names) for p in self.pieces])
+        if use_ray is None:
+            use_ray = len(self.pieces) > 1
+        self.runner = _RayRunner(num_cpus) if use_ray else _LocalRunner()
+        run = self.runner
+        profiles = run.get([run.submit(_profile, p, self.names) for p in self.pieces])
         self.encodings = build_encodings(profiles, self.names, max_values, n_bins)
         self.values = [e.labels for e in self.encodings]
         self.cards = [len(v) for v in self.values]
-        self.shards = [remote(_encode_shard).remote(p, self.names, self.encodings, error_col, loss_col)
+        self.shards = [run.submit(_encode_shard, p, self.names, self.encodings, error_col, loss_col)
                        for p in self.pieces]
-        self._count = remote(count_shard)
-        self._residual = remote(_shard_residual)
-        self._totals = ray.get([remote(_shard_totals).remote(s) for s in self.shards])
+        self._totals = run.get([run.submit(_shard_totals, s) for s in self.shards])
 
     def totals(self) -> tuple[int, int, float, float]:
         t = np.sum(np.asarray(self._totals, np.float64), axis=0)
         return int(t[0]), int(t[1]), float(t[2]), float(t[3])
 
     def count(self, combos: list[tuple[int, ...]]) -> dict[tuple[int, ...], SliceCounts]:
-        import ray
-
         merged: dict[tuple[int, ...], SliceCounts] = {}
-        pending = [self._count.remote(shard, self.cards, combos) for shard in self.shards]
-        while pending:  # merge as shards finish: the driver holds one level's counts, not rows
-            done, pending = ray.wait(pending, num_returns=1)
-            for combo, counts in ray.get(done[0]).items():
+        handles = [self.runner.submit(count_shard, shard, self.cards, combos) for shard in self.shards]
+        for counts_by_combo in self.runner.as_completed(handles):  # merged as shards finish
+            for combo, counts in counts_by_combo.items():
                 merged[combo] = counts if combo not in merged else merged[combo] + counts
         return merged
 
     def count_residual(self, slice_, others):
-        import ray
-
-        parts = ray.get([self._residual.remote(shard, slice_, others) for shard in self.shards])
+        parts = self.runner.get([self.runner.submit(_shard_residual, shard, slice_, others) for shard in self.shards])
         return tuple(int(x) for x in np.sum(np.asarray(parts, np.int64), axis=0))
 
 

@@ -46,14 +46,16 @@ def search_table(path: str, error_col: str, loss_col: str | None, features: list
 
     settings = SearchSettings(alpha=search["alpha"], min_support=search["min_support"],
                               max_order=search["max_order"], min_effect=search["min_effect"], fdr=search["fdr"])
-    started = not ray.is_initialized()
+    from vbugs_ray.slices.distributed import ShardCounter, shard_pieces
+
+    use_ray = len(shard_pieces(files)) > 1
+    started = use_ray and not ray.is_initialized()
     if started:
         ray.init(num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=False, log_to_driver=False)
     try:
-        from vbugs_ray.slices.distributed import ShardCounter
-
         t0 = time.time()
-        counter = ShardCounter(path, error_col, features, loss_col, settings.max_values, settings.n_bins)
+        counter = ShardCounter(path, error_col, features, loss_col, settings.max_values, settings.n_bins,
+                               use_ray=use_ray)
         result = run_search(counter, settings)
     finally:
         if started:
