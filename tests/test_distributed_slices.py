@@ -35,7 +35,7 @@ def test_shards_give_the_same_result_as_one_table(sharded_table, ray_session):
     root, cols, error, loss = sharded_table
     features = [f"f{j}" for j in range(5)] + ["bucket"]
     settings = SearchSettings(max_order=3)
-    counter = ShardCounter(root, "error", features, "loss")
+    counter = ShardCounter(root, "error", features, "loss", use_ray=True)  # small: would run in-process
     assert len(counter.pieces) == 4 and counter.runner.__class__.__name__ == "_RayRunner"
     sharded = run_search(counter, settings)
     in_process = run_search(ShardCounter(root, "error", features, "loss", use_ray=False), settings)
@@ -52,7 +52,7 @@ def test_shards_give_the_same_result_as_one_table(sharded_table, ray_session):
 
 def test_numeric_columns_are_binned(sharded_table, ray_session):
     root, *_ = sharded_table
-    counter = ShardCounter(root, "error", ["score"], n_bins=5)
+    counter = ShardCounter(root, "error", ["score"], n_bins=5, use_ray=True)
     assert len(counter.values[0]) == 5  # five quantile bins
     counts = counter.count([(0,)])[(0,)]
     assert counts.n[:5].tolist() == pytest.approx([8000] * 5, abs=400)

@@ -18,7 +18,9 @@ from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import make_executor
 from vbugs_ray.report import build_report, write_report
 from vbugs_ray.roles import registry
-from vbugs_ray.slices import SearchSettings, search_slices
+from vbugs_ray.slices import SearchSettings
+from vbugs_ray.slices.distributed import ShardCounter
+from vbugs_ray.slices.search import run_search
 from vbugs_ray.spec import AuditSpec, parse_spec
 from vbugs_ray.store import RunStore, plan_shards
 
@@ -85,15 +87,17 @@ def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Pr
     store = RunStore(run_dir)
     spec = parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path))
     features = ["class", *spec.axis_names]
+    store.dataset()  # a one-line error if the run has no finished shard
     captioning = spec.captioner is not None
-    table = store.read(columns=[*features, "error", "loss", *(["embedding"] if captioning else [])])
     settings = SearchSettings(alpha=spec.search.alpha, min_support=spec.search.min_support,
                               max_order=spec.search.max_order, min_effect=spec.search.min_effect,
                               fdr=spec.search.fdr)
-    columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in features}
-    result = search_slices(columns, table.column("error").to_numpy(zero_copy_only=False), settings,
-                           loss=table.column("loss").to_numpy(zero_copy_only=False))
-    if captioning:
+    # counts come shard by shard (Ray tasks when the run is large), never the whole table at once
+    counter = ShardCounter(store.rows_dir, "error", features, "loss", settings.max_values, settings.n_bins)
+    result = run_search(counter, settings)
+    if captioning and result.flagged:
+        table = store.read(columns=[*features, "embedding"])  # captions need the slices' embeddings
+        columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in features}
         embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
         caption_slices(result.flagged, columns, embeddings, spec, spec.search.top_k)
     report = build_report(result, spec.to_dict()["search"], features, name=spec.name)

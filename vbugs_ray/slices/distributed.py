@@ -38,6 +38,15 @@ def parquet_files(path: str | Path) -> list[str]:
     return files
 
 
+RAY_MIN_ROWS = 1_000_000  # below this, starting Ray costs more than counting in-process
+
+
+def needs_ray(pieces: list[tuple[str, list[int]]]) -> bool:
+    """Spread the search over Ray tasks only when there is more than one shard's worth of rows."""
+    rows = sum(pq.ParquetFile(f).metadata.row_group(g).num_rows for f, groups in pieces for g in groups)
+    return len(pieces) > 1 and rows > RAY_MIN_ROWS
+
+
 def shard_pieces(files: list[str], target_rows: int = 1_000_000) -> list[tuple[str, list[int]]]:
     """Split files into pieces of whole row groups of about ``target_rows`` rows: the unit of one
     task, so a single large file still spreads over every core."""
@@ -220,7 +229,7 @@ class _RayRunner:
 
 class ShardCounter:
     """A lattice counter over Parquet shards: one Ray task per shard per level, or, for a table
-    that is a single shard (``use_ray=None`` decides so), the same functions in-process."""
+    of about one shard's rows (``use_ray=None`` decides so), the same functions in-process."""
 
     def __init__(self, path: str | Path, error_col: str, features: Sequence[str], loss_col: str | None = None,
                  max_values: int = 20, n_bins: int = 10, num_cpus: float = 1.0, use_ray: bool | None = None):
@@ -228,7 +237,7 @@ class ShardCounter:
         self.pieces = shard_pieces(self.files)
         self.names = list(features)
         if use_ray is None:
-            use_ray = len(self.pieces) > 1
+            use_ray = needs_ray(self.pieces)
         self.runner = _RayRunner(num_cpus) if use_ray else _LocalRunner()
         run = self.runner
         profiles = run.get([run.submit(_profile, p, self.names) for p in self.pieces])

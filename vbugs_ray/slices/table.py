@@ -46,9 +46,9 @@ def search_table(path: str, error_col: str, loss_col: str | None, features: list
 
     settings = SearchSettings(alpha=search["alpha"], min_support=search["min_support"],
                               max_order=search["max_order"], min_effect=search["min_effect"], fdr=search["fdr"])
-    from vbugs_ray.slices.distributed import ShardCounter, shard_pieces
+    from vbugs_ray.slices.distributed import ShardCounter, needs_ray, shard_pieces
 
-    use_ray = len(shard_pieces(files)) > 1
+    use_ray = needs_ray(shard_pieces(files))
     started = use_ray and not ray.is_initialized()
     if started:
         ray.init(num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=False, log_to_driver=False)
