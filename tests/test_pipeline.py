@@ -11,7 +11,7 @@ import pytest
 
 from vbugs_ray.audit import audit, find_slices, generate_rows
 from vbugs_ray.grid import build_grid
-from vbugs_ray.pipeline import ClassifyStage, EmbedStage, GenerateStage, LocalExecutor, ToRowsStage
+from vbugs_ray.pipeline import ClassifyStage, EmbedStage, GenerateStage, ToRowsStage
 from vbugs_ray.spec import parse_spec
 from vbugs_ray.store import RunStore, RunStoreError
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from vbugs_ray.spec import DEFAULT_SPEC, SpecError, load_spec
 from vbugs_ray.slices.table import TableError
