@@ -89,9 +89,7 @@ def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Pr
     features = ["class", *spec.axis_names]
     store.dataset()  # a one-line error if the run has no finished shard
     captioning = spec.captioner is not None
-    settings = SearchSettings(alpha=spec.search.alpha, min_support=spec.search.min_support,
-                              max_order=spec.search.max_order, min_effect=spec.search.min_effect,
-                              fdr=spec.search.fdr)
+    settings = SearchSettings.from_search(spec.to_dict()["search"])
     # counts come shard by shard (Ray tasks when the run is large), never the whole table at once
     counter = ShardCounter(store.rows_dir, "error", features, "loss", settings.max_values, settings.n_bins)
     result = run_search(counter, settings)

@@ -40,6 +40,11 @@ class SearchSettings:
     max_values: int = 20
     n_bins: int = 10
 
+    @classmethod
+    def from_search(cls, search: Mapping) -> "SearchSettings":
+        """From a spec's ``search`` section (extra keys such as top_k are the report's concern)."""
+        return cls(**{k: search[k] for k in ("alpha", "min_support", "max_order", "min_effect", "fdr")})
+
 
 @dataclass
 class SliceResult:

@@ -40,14 +40,6 @@ def clopper_pearson(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[
     return low, high
 
 
-def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """BH-adjusted q-values (scipy's false_discovery_control); reject where q <= alpha."""
-    p = np.asarray(p, np.float64)
-    if p.size == 0:
-        return p
-    return stats.false_discovery_control(p, method="bh")
-
-
 def ztest_greater_log(k_s: np.ndarray, n_s: np.ndarray, k_total: int, n_total: int) -> np.ndarray:
     """log p of the one-sided two-proportion z-test (pooled variance), slice vs complement."""
     k_s = np.asarray(k_s, np.float64)

@@ -44,8 +44,7 @@ def search_table(path: str, error_col: str, loss_col: str | None, features: list
     if not features:
         raise TableError(f"{path} has no feature columns besides the error (and loss) column")
 
-    settings = SearchSettings(alpha=search["alpha"], min_support=search["min_support"],
-                              max_order=search["max_order"], min_effect=search["min_effect"], fdr=search["fdr"])
+    settings = SearchSettings.from_search(search)
     from vbugs_ray.slices.distributed import ShardCounter, needs_ray, shard_pieces
 
     use_ray = needs_ray(shard_pieces(files))
