@@ -35,3 +35,41 @@ def ray_session():
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    """Tiny random-weight real backends saved to disk, as a user's local model folders would be."""
+    from vbugs_ray import tiny
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    clip_config, clip_weights = tiny.save_open_clip(root / "clip")
+    return {
+        "sd": str(tiny.save_tiny_sd(root / "sd")),
+        "timm": str(tiny.save_timm_classifier(root / "timm" / "test_resnet.pth")),
+        "clip_config": str(clip_config),
+        "clip_weights": str(clip_weights),
+    }
+
+
+@pytest.fixture
+def tiny_spec_dict(tiny_models) -> dict:
+    """A small audit of real backend classes (diffusers, timm, open_clip) at toy size."""
+    return {
+        "name": "tiny-real",
+        "classes": ["cat", "dog"],
+        "axes": {"background": {"grass": "on grass", "snow": "in the snow"},
+                 "lighting": {"day": "in daylight", "night": "at night"}},
+        "prompt": "a photo of a {class} {background} {lighting}",
+        "images_per_cell": 4,
+        "generator": {"backend": "diffusers", "batch_size": 8,
+                      "options": {"model": tiny_models["sd"], "steps": 2, "guidance_scale": 2.0}},
+        "classifier": {"backend": "timm", "batch_size": 8,
+                       "options": {"model": "test_resnet", "checkpoint": tiny_models["timm"],
+                                   "class_map": {"cat": 0, "dog": [1, 2]}}},
+        "embedder": {"backend": "open_clip", "batch_size": 8,
+                     "options": {"model": "vbugs-tiny-clip", "config": tiny_models["clip_config"],
+                                 "pretrained": tiny_models["clip_weights"]}},
+        "search": {"min_support": 4},
+        "run": {"executor": "local", "shard_rows": 16},
+    }

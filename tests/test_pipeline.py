@@ -43,7 +43,7 @@ def test_stages_on_a_plain_batch(spec_dict):
     assert set(batch["pred"]) <= set(spec.classes)
     assert np.all((batch["p_true"] >= 0) & (batch["p_true"] <= 1))
     np.testing.assert_allclose(batch["loss"], -np.log(np.clip(batch["p_true"], 1e-12, 1)), rtol=1e-5)
-    assert batch["top5"].shape == (12, 5)
+    assert all(len(t.split("\t")) == 5 for t in batch["top5"])
     np.testing.assert_array_equal(batch["error"], batch["pred_label"] != batch["label"])
     batch = EmbedStage(spec)(batch)
     assert batch["embedding"].shape[0] == 12

@@ -45,27 +45,38 @@ class GenerateStage:
 
 
 class ClassifyStage:
-    """image, label -> pred_label, pred, p_true, loss, top5 (labels), error."""
+    """image, label -> the classifier's verdict per row.
+
+    pred_index / pred_name: the model's top-1 output; pred_label / pred: the spec class that
+    output counts for (-1 / the output's name when none); p_true: probability mass on the true
+    class's outputs; loss: -log p_true; error: top-1 outside the true class's outputs; top5: the
+    top outputs' names, tab-joined between stages (ToRowsStage makes them a list column).
+    """
 
     def __init__(self, spec: AuditSpec):
         _limit_threads(spec.classifier)
         self.backend = registry.create("classifier", spec.classifier, spec)
+        self.class_map = self.backend.class_map
         self.class_names = np.asarray(spec.classes, dtype=object)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         probs = np.asarray(self.backend.predict_proba(batch["image"]), np.float64)
         labels = np.asarray(batch["label"], np.int64)
-        rows = np.arange(len(labels))
+        cmap = self.class_map
         k = min(TOP_K, probs.shape[1])
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        p_true = probs[rows, labels]
+        top1 = top[:, 0]
+        pred_label = cmap.class_of_output[top1]
+        p_true = np.clip(cmap.p_true(probs, labels), 0.0, 1.0)
         out = dict(batch)
-        out["pred_label"] = top[:, 0]
-        out["pred"] = self.class_names[top[:, 0]]
+        out["pred_index"] = top1
+        out["pred_name"] = cmap.output_names[top1]
+        out["pred_label"] = pred_label
+        out["pred"] = np.where(pred_label >= 0, self.class_names[np.maximum(pred_label, 0)], cmap.output_names[top1])
         out["p_true"] = p_true.astype(np.float32)
         out["loss"] = (-np.log(np.clip(p_true, 1e-12, 1.0))).astype(np.float32)
-        out["top5"] = top
-        out["error"] = top[:, 0] != labels
+        out["top5"] = np.asarray(["\t".join(cmap.output_names[r]) for r in top], dtype=object)
+        out["error"] = cmap.is_error(top1, labels)
         return out
 
 
@@ -102,8 +113,7 @@ class ToRowsStage:
             if name in ("image", "top5", "embedding"):
                 continue
             cols[name] = pa.array(list(values) if np.asarray(values).dtype == object else values)
-        names = np.asarray(self.class_names, dtype=object)
-        cols["top5"] = pa.array([list(names[r]) for r in np.asarray(batch["top5"])], pa.list_(pa.string()))
+        cols["top5"] = pa.array([str(v).split("\t") for v in batch["top5"]], pa.list_(pa.string()))
         emb = np.ascontiguousarray(batch["embedding"], dtype=np.float32)
         cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
         cols["image_png"] = pa.array([encode_png(im) for im in batch["image"]], pa.binary())
@@ -138,7 +148,15 @@ class LocalExecutor:
         pq.write_table(self.to_rows(batch), out_dir / "part-00000.parquet")
 
     def close(self) -> None:
+        """Drop the models and give their accelerator memory back (Ray actors free theirs on exit)."""
+        import gc
+
+        import torch
+
         self.stages = []
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class RayExecutor:

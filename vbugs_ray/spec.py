@@ -19,6 +19,8 @@ import yaml
 ROLES = ("generator", "classifier", "embedder", "captioner")
 SAMPLING_RULES = ("balanced", "random")
 EXECUTORS = ("ray", "local")
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 class SpecError(ValueError):
@@ -92,8 +94,9 @@ class RoleSpec:
     num_cpus: float = 0.25
     num_gpus: float = 0.0
     device: str = "auto"
+    dtype: str = "float32"
 
-    FIELDS = ("backend", "options", "batch_size", "concurrency", "num_cpus", "num_gpus", "device")
+    FIELDS = ("backend", "options", "batch_size", "concurrency", "num_cpus", "num_gpus", "device", "dtype")
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,10 @@ def _parse_role(role: str, data: Any, known_backends: Mapping[str, Any]) -> Role
         num_cpus=_number(raw.get("num_cpus", 0.25), f"{role}.num_cpus", float, 0, low_open=True),
         num_gpus=_number(raw.get("num_gpus", 0.0), f"{role}.num_gpus", float, 0),
         device=_string(raw.get("device", "auto"), f"{role}.device"),
+        dtype=DTYPE_NAMES.get(raw.get("dtype", "float32"), ""),
     )
+    if not spec.dtype:
+        raise SpecError(f"{role}.dtype", f"expected float32, float16 or bfloat16 (fp32, fp16, bf16); got {raw.get('dtype')!r}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", spec.device):
         raise SpecError(f"{role}.device", f"expected auto, cpu, cuda or cuda:N; got {spec.device!r}")
     return spec
@@ -296,8 +302,13 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
     )
     for role in ROLES:
         role_spec = getattr(spec, role)
-        if role_spec is not None:
-            registry.validate(role, role_spec, spec)
+        if role_spec is None:
+            continue
+        if (spec.run.executor == "ray" and role != "captioner" and role_spec.device.startswith("cuda")
+                and role_spec.num_gpus == 0):
+            raise SpecError(f"{role}.num_gpus", f"device {role_spec.device} needs num_gpus > 0 (fractions allowed) "
+                            f"so that Ray places the actor on a GPU; or set device: auto")
+        registry.validate(role, role_spec, spec)
     return spec
 
 

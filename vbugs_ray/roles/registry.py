@@ -15,9 +15,20 @@ import importlib
 from typing import Any
 
 _BACKENDS: dict[str, dict[str, str]] = {
-    "generator": {"toyworld": "vbugs_ray.roles.generators.toyworld:ToyWorldGenerator"},
-    "classifier": {"toyworld_cnn": "vbugs_ray.roles.classifiers.toyworld_cnn:ToyWorldClassifier"},
-    "embedder": {"toyworld_clip": "vbugs_ray.roles.embedders.toyworld_clip:ToyWorldCLIPEmbedder"},
+    "generator": {
+        "toyworld": "vbugs_ray.roles.generators.toyworld:ToyWorldGenerator",
+        "diffusers": "vbugs_ray.roles.generators.diffusers:DiffusersGenerator",
+    },
+    "classifier": {
+        "toyworld_cnn": "vbugs_ray.roles.classifiers.toyworld_cnn:ToyWorldClassifier",
+        "timm": "vbugs_ray.roles.classifiers.timm:TimmClassifier",
+        "torchvision": "vbugs_ray.roles.classifiers.torchvision:TorchvisionClassifier",
+        "module": "vbugs_ray.roles.classifiers.module:ModuleClassifier",
+    },
+    "embedder": {
+        "toyworld_clip": "vbugs_ray.roles.embedders.toyworld_clip:ToyWorldCLIPEmbedder",
+        "open_clip": "vbugs_ray.roles.embedders.open_clip:OpenCLIPEmbedder",
+    },
     "captioner": {"retrieval": "vbugs_ray.roles.captioners.retrieval:RetrievalCaptioner"},
 }
 

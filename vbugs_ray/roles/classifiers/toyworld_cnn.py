@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vbugs_ray.roles.classifiers.labels import ClassMap
 from vbugs_ray.roles.generators.toyworld import resolution_of
 from vbugs_ray.spec import SpecError
 from vbugs_ray.toyworld import classifier as toy
@@ -98,7 +99,8 @@ class ToyWorldClassifier:
 
     def __init__(self, role_spec, spec):
         self.model = toy.load_or_train(training_config(role_spec, spec), progress=lambda _: None)
-        self.class_names = list(spec.classes)
+        # the toy CNN's outputs are the spec's classes, in order
+        self.class_map = ClassMap(spec.classes, spec.classes, [[i] for i in range(len(spec.classes))])
 
     @torch.no_grad()
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
