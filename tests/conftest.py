@@ -49,6 +49,7 @@ def tiny_models(tmp_path_factory) -> dict:
         "timm": str(tiny.save_timm_classifier(root / "timm" / "test_resnet.pth")),
         "clip_config": str(clip_config),
         "clip_weights": str(clip_weights),
+        "blip": str(tiny.save_tiny_blip(root / "blip")),
     }
 
 
@@ -70,6 +71,9 @@ def tiny_spec_dict(tiny_models) -> dict:
         "embedder": {"backend": "open_clip", "batch_size": 8,
                      "options": {"model": "vbugs-tiny-clip", "config": tiny_models["clip_config"],
                                  "pretrained": tiny_models["clip_weights"]}},
+        "captioner": {"backend": "transformers",
+                      "options": {"model": tiny_models["blip"], "max_new_tokens": 6, "num_beams": 1,
+                                  "images_per_slice": 4}},
         "search": {"min_support": 4},
         "run": {"executor": "local", "shard_rows": 16},
     }

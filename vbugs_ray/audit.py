@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import make_executor
@@ -82,25 +80,39 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
     return store
 
 
+def filter_summary(store: RunStore) -> dict | None:
+    """How many rows the CLIP filter marked invalid, and why (None: the run has no filter column)."""
+    if "valid" not in store.dataset().schema.names:
+        return None
+    table = store.read(columns=["valid", "filter_reason"])
+    valid = table.column("valid").to_numpy(zero_copy_only=False).astype(bool)
+    reasons: dict[str, int] = {}
+    for text in table.column("filter_reason").to_pylist():
+        for reason in filter(None, (text or "").split(",")):
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return {"n_generated": int(len(valid)), "n_invalid": int((~valid).sum()), "invalid_reasons": reasons}
+
+
 def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log) -> dict:
     """Run the slice search on a run store and (re)write RUN_DIR/report.json."""
     store = RunStore(run_dir)
     spec = parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path))
     features = ["class", *spec.axis_names]
-    store.dataset()  # a one-line error if the run has no finished shard
-    captioning = spec.captioner is not None
+    filtered = filter_summary(store)  # also a one-line error if the run has no finished shard
     settings = SearchSettings.from_search(spec.to_dict()["search"])
-    # counts come shard by shard (Ray tasks when the run is large), never the whole table at once
-    counter = ShardCounter(store.rows_dir, "error", features, "loss", settings.max_values, settings.n_bins)
+    # counts come shard by shard (Ray tasks when the run is large), never the whole table at once;
+    # rows the CLIP filter marked invalid are not counted
+    counter = ShardCounter(store.rows_dir, "error", features, "loss", settings.max_values, settings.n_bins,
+                           valid_col="valid" if filtered else None)
     result = run_search(counter, settings)
-    if captioning and result.flagged:
-        table = store.read(columns=[*features, "embedding"])  # captions need the slices' embeddings
-        columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in features}
-        embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
-        caption_slices(result.flagged, columns, embeddings, spec, spec.search.top_k)
-    report = build_report(result, spec.to_dict()["search"], features, name=spec.name)
+    if spec.captioner is not None and result.flagged:
+        progress(f"captioning the top {min(spec.search.top_k, len(result.flagged))} flagged slices")
+        caption_slices(result.flagged, store, spec, features, spec.search.top_k)
+    report = build_report(result, spec.to_dict()["search"], features, name=spec.name,
+                          **({"filter": filtered} if filtered else {}))
     write_report(store.report_path, report)
-    progress(f"slice search: {result.n_tested} slices tested, {len(result.flagged)} flagged -> {store.report_path}")
+    invalid = f"; {filtered['n_invalid']} of {filtered['n_generated']} rows marked invalid by the filter" if filtered else ""
+    progress(f"slice search: {result.n_tested} slices tested, {len(result.flagged)} flagged{invalid} -> {store.report_path}")
     return report
 
 

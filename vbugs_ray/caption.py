@@ -1,25 +1,71 @@
-"""Describe flagged slices in words: the captioner ranks phrases for each slice's images against
-the rest of the run, in the embedder's joint image-text space."""
+"""Describe flagged slices in words.
+
+An embedding captioner (retrieval) ranks phrases for a slice's images against the rest of the
+run in the embedder's joint image-text space; an image captioner (transformers) captions a
+sample of the slice's images, failures first, against a sample of the other images. Rows the
+CLIP filter marked invalid are left out of both.
+"""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import pyarrow.compute as pc
 
 from vbugs_ray.roles import registry
 from vbugs_ray.spec import AuditSpec
+from vbugs_ray.store import RunStore
 
 
-def caption_slices(flagged: list[dict], columns: dict[str, np.ndarray], embeddings: np.ndarray,
-                   spec: AuditSpec, top_k: int) -> None:
+def load_images(store: RunStore, row_ids: np.ndarray) -> np.ndarray:
+    """Decoded images (N, H, W, 3) of the given rows, in the given order."""
+    from PIL import Image
+
+    wanted = [int(r) for r in row_ids]
+    table = store.dataset().to_table(columns=["row_id", "image_png"], filter=pc.field("row_id").isin(wanted))
+    by_id = dict(zip(table.column("row_id").to_pylist(), table.column("image_png").to_pylist()))
+    return np.stack([np.asarray(Image.open(io.BytesIO(by_id[r])).convert("RGB")) for r in wanted])
+
+
+def _sample(rows: np.ndarray, errors: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``k`` of ``rows``, failing rows first (they are what the caption must describe)."""
+    failing, passing = rows[errors[rows]], rows[~errors[rows]]
+    picked = rng.permutation(failing)[:k]
+    return np.concatenate([picked, rng.permutation(passing)[: k - len(picked)]])
+
+
+def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, features: list[str], top_k: int) -> None:
     """Add ``caption`` (phrases, best first) to the first ``top_k`` flagged slices, in place."""
     if spec.captioner is None or not flagged:
         return
-    embedder = registry.create("embedder", spec.embedder, spec)
-    captioner = registry.create_captioner(spec.captioner, spec, embedder)
+    uses = registry.backend_class("captioner", spec.captioner.backend).uses
+    names = store.dataset().schema.names
+    columns = ["row_id", "error", *features, *(["valid"] if "valid" in names else []),
+               *(["embedding"] if uses == "embeddings" else [])]
+    table = store.read(columns=columns)
+    if "valid" in names:
+        table = table.filter(pc.fill_null(table.column("valid"), False))
+    values = {name: table.column(name).to_numpy(zero_copy_only=False).astype(str) for name in features}
+    errors = table.column("error").to_numpy(zero_copy_only=False).astype(bool)
+    row_ids = table.column("row_id").to_numpy()
+    if uses == "embeddings":
+        embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+        captioner = registry.create_captioner(spec.captioner, spec, registry.create("embedder", spec.embedder, spec))
+    else:
+        captioner = registry.create_captioner(spec.captioner, spec)
+    rng = np.random.default_rng(spec.seed)
     for item in flagged[:top_k]:
-        mask = np.ones(len(embeddings), bool)
+        mask = np.ones(len(row_ids), bool)
         for name, value in item["predicates"].items():
-            mask &= columns[name].astype(str) == value
+            mask &= values[name] == value
         if mask.all() or not mask.any():
             continue
-        item["caption"] = captioner.caption(embeddings[mask], embeddings[~mask])
+        if uses == "embeddings":
+            item["caption"] = captioner.caption(embeddings[mask], embeddings[~mask])
+            continue
+        k = captioner.images_per_slice
+        inside = _sample(np.nonzero(mask)[0], errors, k, rng)
+        outside = rng.permutation(np.nonzero(~mask)[0])[:k]
+        item["caption"] = captioner.caption_images(load_images(store, row_ids[inside]),
+                                                   load_images(store, row_ids[outside]))

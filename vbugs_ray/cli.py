@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from vbugs_ray.learn_tokens import TokenError
 from vbugs_ray.spec import DEFAULT_SPEC, SpecError, load_spec
 from vbugs_ray.slices.table import TableError
 from vbugs_ray.store import RunStoreError
@@ -34,6 +35,21 @@ def _parser() -> argparse.ArgumentParser:
     slices.add_argument("--min-effect", type=float, default=None, help="override search.min_effect")
     slices.add_argument("--fdr", choices=("bh", "alpha_investing"), default=None, help="override search.fdr")
     slices.add_argument("--top", type=int, default=10, help="flagged slices to print")
+
+    tokens = sub.add_parser("learn-tokens", help="learn a class token by textual inversion from a folder of images")
+    tokens.add_argument("--model", required=True, help="SD 1.x/2.x pipeline: hub id or local folder")
+    tokens.add_argument("--images", required=True, help="folder of the class's real images")
+    tokens.add_argument("--token", required=True, help="the new word, e.g. '<tench>'")
+    tokens.add_argument("--init-word", required=True, help="an existing word to start from, e.g. 'fish'")
+    tokens.add_argument("--out", required=True, help="where to write the .safetensors embedding")
+    tokens.add_argument("--steps", type=int, default=3000)
+    tokens.add_argument("--lr", type=float, default=5e-4)
+    tokens.add_argument("--weight-decay", type=float, default=1e-2)
+    tokens.add_argument("--batch-size", type=int, default=1)
+    tokens.add_argument("--resolution", type=int, default=None, help="default: the pipeline's image size")
+    tokens.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
+                        help="default: fp16 on a GPU, no on a CPU")
+    tokens.add_argument("--seed", type=int, default=0)
 
     validate = sub.add_parser("validate", help="check a spec and print its grid size")
     validate.add_argument("spec")
@@ -87,6 +103,20 @@ def _slices(args) -> int:
     return 0
 
 
+def _learn_tokens(args) -> int:
+    from vbugs_ray.learn_tokens import TokenSettings, learn_token
+
+    for name in ("steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise TokenError(f"--{name.replace('_', '-')}: must be >= 1")
+    settings = TokenSettings(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                             resolution=args.resolution, mixed_precision=args.mixed_precision, seed=args.seed)
+    out = learn_token(args.model, args.images, args.token, args.init_word, args.out, settings,
+                      progress=lambda m: print(f"[vbugs] {m}", file=sys.stderr, flush=True))
+    print(json.dumps({"token": args.token, "file": str(out)}))
+    return 0
+
+
 def _validate(args) -> int:
     from vbugs_ray.grid import build_grid, n_cells
 
@@ -99,8 +129,9 @@ def _validate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"audit": _audit, "slices": _slices, "validate": _validate}[args.command](args)
-    except (SpecError, RunStoreError, TableError) as exc:
+        commands = {"audit": _audit, "slices": _slices, "validate": _validate, "learn-tokens": _learn_tokens}
+        return commands[args.command](args)
+    except (SpecError, RunStoreError, TableError, TokenError) as exc:
         print(f"vbugs: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -68,7 +68,7 @@ def build_grid(spec: AuditSpec) -> pa.Table:
         "class": np.asarray(spec.classes, dtype=object)[class_idx],
         "label": class_idx,
     }
-    phrase_cols = {"class": columns["class"]}
+    phrase_cols = {"class": np.asarray(spec.class_phrases, dtype=object)[class_idx]}
     for axis, idx in zip(spec.axes, digits[1:]):
         idx = np.asarray(idx, np.int64)
         columns[axis.name] = np.asarray(axis.values, dtype=object)[idx]

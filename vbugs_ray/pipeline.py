@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vbugs_ray.filter import ClipFilter
 from vbugs_ray.roles import registry
 from vbugs_ray.spec import AuditSpec, RoleSpec
 
@@ -81,15 +82,22 @@ class ClassifyStage:
 
 
 class EmbedStage:
-    """image -> embedding (N, D) float32, L2-normalised."""
+    """image -> embedding (N, D) float32, L2-normalised; then the CLIP filter's verdict from the
+    same embeddings: valid, filter_reason (and the similarities, when the spec has a filter)."""
 
     def __init__(self, spec: AuditSpec):
         _limit_threads(spec.embedder)
         self.backend = registry.create("embedder", spec.embedder, spec)
+        self.filter = ClipFilter(spec, self.backend) if spec.filter is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(batch)
-        out["embedding"] = self.backend.embed_images(batch["image"])
+        out["embedding"] = np.asarray(self.backend.embed_images(batch["image"]), np.float32)
+        if self.filter is not None:
+            out.update(self.filter(batch, out["embedding"]))
+        else:
+            out["valid"] = np.ones(len(out["embedding"]), bool)
+            out["filter_reason"] = np.full(len(out["embedding"]), "", dtype=object)
         return out
 
 

@@ -114,6 +114,21 @@ class SearchSpec:
 
 
 @dataclass(frozen=True)
+class FilterSpec:
+    """The CLIP filter (Dataset Interfaces): a generated image must look like its class (and its
+    shift) to the embedder, or its row is kept but marked invalid and left out of slice statistics.
+    Each criterion is optional; similarities are cosines in the embedder's space."""
+
+    class_prompt: str = "a photo of a {class}"
+    shift_prompt: str = "a photo {phrase}"
+    min_class_similarity: float | None = None
+    class_top_k: int | None = None
+    min_shift_similarity: float | None = None
+
+    FIELDS = ("class_prompt", "shift_prompt", "min_class_similarity", "class_top_k", "min_shift_similarity")
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """How the audit executes: Ray or in-process, shard size, local Ray resources."""
 
@@ -129,6 +144,7 @@ class RunSpec:
 class AuditSpec:
     name: str
     classes: tuple[str, ...]
+    class_phrases: tuple[str, ...]  # the words {class} becomes in a prompt (a learned token...)
     axes: tuple[Axis, ...]
     prompt: str
     images_per_cell: int | None
@@ -139,12 +155,13 @@ class AuditSpec:
     classifier: RoleSpec
     embedder: RoleSpec
     captioner: RoleSpec | None
+    filter: FilterSpec | None
     search: SearchSpec
     run: RunSpec
     output_dir: str
 
     TOP_FIELDS = ("name", "classes", "axes", "prompt", "images_per_cell", "budget", "sampling", "seed",
-                  "generator", "classifier", "embedder", "captioner", "search", "run", "output_dir")
+                  "generator", "classifier", "embedder", "captioner", "filter", "search", "run", "output_dir")
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -154,6 +171,9 @@ class AuditSpec:
         """Plain data, with axes as name -> {value: phrase}, suitable for JSON and hashing."""
         data = dataclasses.asdict(self)
         data["axes"] = {a.name: dict(zip(a.values, a.phrases)) for a in self.axes}
+        phrases = data.pop("class_phrases")
+        if phrases != data["classes"]:
+            data["classes"] = dict(zip(data["classes"], phrases))
         return json.loads(json.dumps(data))  # tuples -> lists: parse_spec(to_dict()) round-trips
 
 
@@ -179,6 +199,18 @@ def _parse_axes(data: Any) -> tuple[Axis, ...]:
             phrases = vals
         axes.append(Axis(name, tuple(vals), tuple(phrases)))
     return tuple(axes)
+
+
+def _parse_classes(data: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A list of class names, or a mapping name -> the words the prompt uses for it (for learned
+    tokens: ``tench: "<tench>"``); names are what the classifier's labels and the report use."""
+    if isinstance(data, Mapping):
+        if not data:
+            raise SpecError("classes", "expected a non-empty list of class names (or name -> prompt words)")
+        names = _string_list([str(k) for k in data], "classes")
+        return tuple(names), tuple(_string(v, f"classes.{k}") for k, v in data.items())
+    names = tuple(_string_list(data, "classes"))
+    return names, names
 
 
 def _parse_role(role: str, data: Any, known_backends: Mapping[str, Any]) -> RoleSpec:
@@ -224,6 +256,28 @@ def parse_search(data: Any) -> SearchSpec:
     )
 
 
+def _parse_filter(data: Any, n_classes: int) -> FilterSpec | None:
+    if data is None:
+        return None
+    raw = _check_keys(data, FilterSpec.FIELDS, "filter")
+    d = FilterSpec()
+    class_prompt = _string(raw.get("class_prompt", d.class_prompt), "filter.class_prompt")
+    shift_prompt = _string(raw.get("shift_prompt", d.shift_prompt), "filter.shift_prompt")
+    if "{class}" not in class_prompt:
+        raise SpecError("filter.class_prompt", f"must contain {{class}}; got {class_prompt!r}")
+    if "{phrase}" not in shift_prompt:
+        raise SpecError("filter.shift_prompt", f"must contain {{phrase}} (an axis value's words); got {shift_prompt!r}")
+    limits = {}
+    for key in ("min_class_similarity", "min_shift_similarity"):
+        value = raw.get(key)
+        limits[key] = None if value is None else _number(value, f"filter.{key}", float, -1, 1)
+    top_k = raw.get("class_top_k")
+    top_k = None if top_k is None else _number(top_k, "filter.class_top_k", int, 1, n_classes)
+    if top_k is None and all(v is None for v in limits.values()):
+        raise SpecError("filter", "sets no criterion; give min_class_similarity, class_top_k or min_shift_similarity")
+    return FilterSpec(class_prompt, shift_prompt, limits["min_class_similarity"], top_k, limits["min_shift_similarity"])
+
+
 def _parse_run(data: Any) -> RunSpec:
     raw = _check_keys(data or {}, RunSpec.FIELDS, "run")
     d = RunSpec()
@@ -258,7 +312,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
     from vbugs_ray.roles import registry  # roles import spec types; import here to avoid a cycle
 
     raw = _check_keys(data, AuditSpec.TOP_FIELDS, "", required=("classes", "axes", "prompt"))
-    classes = tuple(_string_list(raw["classes"], "classes"))
+    classes, class_phrases = _parse_classes(raw["classes"])
     axes = _parse_axes(raw["axes"])
     prompt = _string(raw["prompt"], "prompt")
     _check_prompt(prompt, classes, axes)
@@ -289,12 +343,14 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
     spec = AuditSpec(
         name=_string(raw.get("name", Path(source).stem if source != "<spec>" else "audit"), "name"),
         classes=classes,
+        class_phrases=class_phrases,
         axes=axes,
         prompt=prompt,
         images_per_cell=per_cell,
         budget=budget,
         sampling=sampling,
         seed=_number(raw.get("seed", 0), "seed", int, 0),
+        filter=_parse_filter(raw.get("filter"), len(classes)),
         search=parse_search(raw.get("search")),
         run=_parse_run(raw.get("run")),
         output_dir=_string(raw.get("output_dir", "runs/audit"), "output_dir"),

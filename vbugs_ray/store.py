@@ -95,7 +95,8 @@ def rows_fingerprint(spec: AuditSpec) -> str:
     data = spec.to_dict()
     content = {k: data[k] for k in ("classes", "axes", "prompt", "images_per_cell", "budget", "sampling", "seed")}
     for role in ("generator", "classifier", "embedder"):
-        content[role] = {"backend": data[role]["backend"], "options": data[role]["options"]}
+        content[role] = {"backend": data[role]["backend"], "options": data[role]["options"], "dtype": data[role]["dtype"]}
+    content["filter"] = data["filter"]
     content["shard_rows"] = spec.run.shard_rows
     return key_of(content)
 

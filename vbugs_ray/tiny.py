@@ -111,3 +111,38 @@ def save_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     tiny_sd_pipeline(seed).save_pretrained(folder)
     return folder
+
+
+TINY_CAPTION_WORDS = ("a", "photo", "of", "the", "cat", "dog", "on", "in", "grass", "snow", "at", "night", "day",
+                      "dark", "white", "green", "field", "painting", "with", "flower")
+
+
+def tiny_blip(seed: int = 0):
+    """A BLIP captioner (model and processor) of the real classes at toy size, with a word-level
+    vocabulary written here (no download)."""
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
+                              BlipProcessor)
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    vocab = {tok: i for i, tok in enumerate([*specials, *TINY_CAPTION_WORDS])}
+    tokenizer = BertTokenizer(vocab=vocab, bos_token="[DEC]", model_max_length=32)
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    torch.manual_seed(seed)
+    config = BlipConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "encoder_hidden_size": 32, "max_position_embeddings": 32,
+                     "pad_token_id": vocab["[PAD]"], "bos_token_id": vocab["[DEC]"], "sep_token_id": vocab["[SEP]"],
+                     "eos_token_id": vocab["[SEP]"]},
+        projection_dim=32)
+    return BlipForConditionalGeneration(config).eval(), processor
+
+
+def save_tiny_blip(folder: str | Path, seed: int = 0) -> Path:
+    """``save_pretrained`` folder (model + processor): ``captioner.options.model`` accepts it."""
+    folder = Path(folder)
+    model, processor = tiny_blip(seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -29,7 +29,10 @@ _BACKENDS: dict[str, dict[str, str]] = {
         "toyworld_clip": "vbugs_ray.roles.embedders.toyworld_clip:ToyWorldCLIPEmbedder",
         "open_clip": "vbugs_ray.roles.embedders.open_clip:OpenCLIPEmbedder",
     },
-    "captioner": {"retrieval": "vbugs_ray.roles.captioners.retrieval:RetrievalCaptioner"},
+    "captioner": {
+        "retrieval": "vbugs_ray.roles.captioners.retrieval:RetrievalCaptioner",
+        "transformers": "vbugs_ray.roles.captioners.transformers:TransformersCaptioner",
+    },
 }
 
 
@@ -70,6 +73,7 @@ def create(role: str, role_spec: Any, spec: Any) -> Any:
     return backend_class(role, role_spec.backend)(role_spec, spec)
 
 
-def create_captioner(role_spec: Any, spec: Any, embedder: Any) -> Any:
-    """Captioners may describe images through an embedder (retrieval) or on their own."""
+def create_captioner(role_spec: Any, spec: Any, embedder: Any = None) -> Any:
+    """Captioners describe slices through an embedder (retrieval: ``uses = 'embeddings'``) or
+    from the images themselves (``uses = 'images'``; no embedder needed)."""
     return backend_class("captioner", role_spec.backend)(role_spec, spec, embedder)

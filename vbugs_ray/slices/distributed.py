@@ -65,18 +65,22 @@ def shard_pieces(files: list[str], target_rows: int = 1_000_000) -> list[tuple[s
     return pieces
 
 
-def _read(piece: tuple[str, list[int]], columns: list[str]) -> pa.Table:
+def _read(piece: tuple[str, list[int]], columns: list[str], valid_col: str | None = None) -> pa.Table:
+    """Some columns of a piece; with ``valid_col``, only the rows where that column is true."""
     file, groups = piece
-    return pq.ParquetFile(file).read_row_groups(groups, columns=columns)
+    if valid_col is None:
+        return pq.ParquetFile(file).read_row_groups(groups, columns=columns)
+    table = pq.ParquetFile(file).read_row_groups(groups, columns=[*columns, valid_col])
+    return table.filter(pc.fill_null(table.column(valid_col), False)).select(columns)
 
 
 def _is_numeric(type_: pa.DataType) -> bool:
     return pa.types.is_floating(type_) or pa.types.is_integer(type_)
 
 
-def _profile(piece: tuple[str, list[int]], features: Sequence[str]) -> dict:
+def _profile(piece: tuple[str, list[int]], features: Sequence[str], valid_col: str | None = None) -> dict:
     """Per feature: value -> count (categorical) or a random sample (numeric) of one shard."""
-    table = _read(piece, list(features))
+    table = _read(piece, list(features), valid_col)
     out = {}
     rng = np.random.default_rng([len(piece[0]), *piece[1]])
     for name in features:
@@ -153,9 +157,9 @@ def build_encodings(profiles: list[dict], features: Sequence[str], max_values: i
 
 
 def _encode_shard(piece: tuple[str, list[int]], features: Sequence[str], encodings: list[Encoding], error_col: str,
-                  loss_col: str | None) -> dict:
+                  loss_col: str | None, valid_col: str | None = None) -> dict:
     columns = [*features, error_col, *([loss_col] if loss_col else [])]
-    table = _read(piece, columns)
+    table = _read(piece, columns, valid_col)
     error = table.column(error_col).to_numpy(zero_copy_only=False).astype(bool)
     return {
         "codes": np.stack([enc.encode(table.column(f)) for f, enc in zip(features, encodings)]),
@@ -229,10 +233,13 @@ class _RayRunner:
 
 class ShardCounter:
     """A lattice counter over Parquet shards: one Ray task per shard per level, or, for a table
-    of about one shard's rows (``use_ray=None`` decides so), the same functions in-process."""
+    of about one shard's rows (``use_ray=None`` decides so), the same functions in-process.
+    With ``valid_col``, rows where that boolean column is false are left out of every count
+    (the CLIP filter's failed generations)."""
 
     def __init__(self, path: str | Path, error_col: str, features: Sequence[str], loss_col: str | None = None,
-                 max_values: int = 20, n_bins: int = 10, num_cpus: float = 1.0, use_ray: bool | None = None):
+                 max_values: int = 20, n_bins: int = 10, num_cpus: float = 1.0, use_ray: bool | None = None,
+                 valid_col: str | None = None):
         self.files = parquet_files(path)
         self.pieces = shard_pieces(self.files)
         self.names = list(features)
@@ -240,11 +247,11 @@ class ShardCounter:
             use_ray = needs_ray(self.pieces)
         self.runner = _RayRunner(num_cpus) if use_ray else _LocalRunner()
         run = self.runner
-        profiles = run.get([run.submit(_profile, p, self.names) for p in self.pieces])
+        profiles = run.get([run.submit(_profile, p, self.names, valid_col) for p in self.pieces])
         self.encodings = build_encodings(profiles, self.names, max_values, n_bins)
         self.values = [e.labels for e in self.encodings]
         self.cards = [len(v) for v in self.values]
-        self.shards = [run.submit(_encode_shard, p, self.names, self.encodings, error_col, loss_col)
+        self.shards = [run.submit(_encode_shard, p, self.names, self.encodings, error_col, loss_col, valid_col)
                        for p in self.pieces]
         self._totals = run.get([run.submit(_shard_totals, s) for s in self.shards])
 

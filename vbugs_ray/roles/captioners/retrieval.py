@@ -35,6 +35,7 @@ def rank_phrases(set_embeddings: np.ndarray, reference_embeddings: np.ndarray, p
 
 class RetrievalCaptioner:
     OPTIONS = OPTIONS  # option keys the registry accepts for this backend
+    uses = "embeddings"  # caption.py hands it the run's CLIP embeddings
 
     @classmethod
     def validate(cls, role_spec, spec) -> None:

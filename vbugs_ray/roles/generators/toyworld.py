@@ -27,8 +27,8 @@ class ToyWorldGenerator:
         if not isinstance(res, int) or isinstance(res, bool) or not 16 <= res <= 512:
             raise SpecError("generator.options.resolution", f"expected an integer in 16..512; got {res!r}")
         shapes = renderer.VOCABULARY["class"]
-        for i, name in enumerate(spec.classes):
-            if renderer.parse_prompt(name).get("class") != name:
+        for i, (name, words) in enumerate(zip(spec.classes, spec.class_phrases)):
+            if renderer.parse_prompt(words).get("class") != name:
                 raise SpecError(f"classes[{i}]", f"the toyworld generator draws no '{name}'; known: {', '.join(shapes)}")
         for axis in spec.axes:
             if axis.name not in renderer.PROPERTIES or axis.name == "class":
