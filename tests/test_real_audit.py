@@ -4,7 +4,6 @@ on a local Ray, with the CLIP filter; the transformers captioner; the shipped Im
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from vbugs_ray.audit import audit, generate_rows
