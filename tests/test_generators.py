@@ -70,3 +70,12 @@ def test_bad_generator_options_name_the_field(tiny_spec_dict, tmp_path):
     with pytest.raises(SpecError, match="cannot read textual-inversion file") as err:
         _generator(tiny_spec_dict, tokens={"<a>": str(bad_token)})
     assert err.value.field == "generator.options.tokens.<a>"
+
+
+def test_memory_flags_and_scheduler_choice_still_generate(tiny_spec_dict):
+    gen = _generator(tiny_spec_dict, attention_slicing=True, vae_tiling=True, scheduler="EulerDiscreteScheduler",
+                     negative_prompt="blurry", height=48, width=48)
+    assert type(gen.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert gen.pipe.vae.use_tiling
+    images = gen.generate(["a photo of a cat on grass", "a photo of a dog at night"], np.array([1, 2]))
+    assert images.shape == (2, 48, 48, 3)

@@ -72,3 +72,15 @@ def test_shipped_imagenet_specs_validate_without_downloading(name):
     spec = load_spec(JOBS / name)
     assert spec.generator.backend == "diffusers" and spec.classifier.backend == "timm"
     assert spec.embedder.backend == "open_clip" and spec.filter is not None
+
+
+def test_retrieval_captioner_works_with_any_embedder(tiny_spec_dict):
+    tiny_spec_dict["captioner"] = {"backend": "retrieval", "options": {"top_phrases": 2}}
+    spec = parse_spec(tiny_spec_dict)
+    embedder = registry.create("embedder", spec.embedder, spec)
+    captioner = registry.create_captioner(spec.captioner, spec, embedder)
+    images = (np.random.default_rng(0).random((8, 64, 64, 3)) * 255).astype(np.uint8)
+    emb = embedder.embed_images(images)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-4)
+    caption = captioner.caption(emb[:4], emb[4:])
+    assert len(caption) == 2 and set(caption) <= {"cat", "dog", "on grass", "in the snow", "in daylight", "at night"}

@@ -19,7 +19,7 @@ from vbugs_ray.roles import registry
 from vbugs_ray.slices import SearchSettings
 from vbugs_ray.slices.distributed import ShardCounter
 from vbugs_ray.slices.search import run_search
-from vbugs_ray.spec import AuditSpec, parse_spec
+from vbugs_ray.spec import AuditSpec, SpecError, parse_spec
 from vbugs_ray.store import RunStore, plan_shards
 
 Progress = Callable[[str], None]
@@ -47,6 +47,22 @@ def _start_ray(spec: AuditSpec, progress: Progress) -> bool:
     return True
 
 
+def _check_gpus(spec: AuditSpec, autoscaling: bool, progress: Progress) -> None:
+    """A role that reserves GPUs on a cluster without any would wait forever: say so at once
+    (on a cluster we joined, an autoscaler may still add GPU nodes, so only warn there)."""
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0)
+    for role in ("generator", "classifier", "embedder"):
+        want = getattr(spec, role).num_gpus
+        if want > 0 and have == 0:
+            message = (f"asks for {want:g} GPU per actor but the Ray cluster has none; set num_gpus: 0 "
+                       f"(device: auto then runs on the CPU) or run on a cluster with GPUs")
+            if not autoscaling:
+                raise SpecError(f"{role}.num_gpus", message)
+            progress(f"warning: {role}.num_gpus {message}; waiting for the autoscaler to add GPU nodes")
+
+
 def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _log) -> RunStore:
     """Fill the run store with every grid row (resumes: finished shards are skipped)."""
     store = RunStore(run_dir)
@@ -62,6 +78,15 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
         registry.prepare(role, getattr(spec, role), spec, progress)
 
     started = _start_ray(spec, progress) if spec.run.executor == "ray" else False
+    if spec.run.executor == "ray":
+        try:
+            _check_gpus(spec, autoscaling=not started, progress=progress)
+        except SpecError:
+            if started:
+                import ray
+
+                ray.shutdown()
+            raise
     executor = make_executor(spec)
     try:
         t0 = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from vbugs_ray.learn_tokens import TokenError
@@ -126,13 +127,36 @@ def _validate(args) -> int:
     return 0
 
 
+USER_ERRORS = (SpecError, RunStoreError, TableError, TokenError)
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The input mistake behind ``exc`` as one line, if there is one. A backend that raises
+    SpecError inside a Ray actor reaches the driver wrapped in Ray's errors: as the cause of a
+    task error, or only as text in an actor's remote traceback (``error_msg``)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)
+        if isinstance(exc, USER_ERRORS) and not isinstance(cause, BaseException):
+            return str(exc)
+        remote = re.findall(r"(?:SpecError|RunStoreError|TableError|TokenError): (.+)", getattr(exc, "error_msg", "") or "")
+        if remote:
+            return remote[-1].strip()
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"audit": _audit, "slices": _slices, "validate": _validate, "learn-tokens": _learn_tokens}
         return commands[args.command](args)
-    except (SpecError, RunStoreError, TableError, TokenError) as exc:
-        print(f"vbugs: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        mistake = user_error(exc)
+        if mistake is None:
+            raise
+        print(f"vbugs: error: {mistake}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vbugs: interrupted; finished shards are kept, re-run the same command to resume", file=sys.stderr)

@@ -27,8 +27,11 @@ class SpecError(ValueError):
     """A spec mistake; ``str()`` is one line naming the field."""
 
     def __init__(self, field_path: str, message: str):
-        self.field = field_path
+        self.field, self.message = field_path, message
         super().__init__(f"spec field '{field_path}': {message}")
+
+    def __reduce__(self):  # picklable, so an error raised in a Ray actor reaches the driver intact
+        return (SpecError, (self.field, self.message))
 
 
 def _check_keys(data: Any, allowed: tuple[str, ...], where: str, required: tuple[str, ...] = ()) -> dict:
