@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     slices.add_argument("--min-support", type=int, default=None, help="override search.min_support")
     slices.add_argument("--min-effect", type=float, default=None, help="override search.min_effect")
     slices.add_argument("--fdr", choices=("bh", "alpha_investing"), default=None, help="override search.fdr")
+    slices.add_argument("--prune", choices=("elevated", "exact", "none"), default=None,
+                        help="override search.prune (elevated: follow failures, a few percent of the lattice; "
+                             "exact: every slice that could be flagged; none: everything)")
     slices.add_argument("--top", type=int, default=10, help="flagged slices to print")
 
     tokens = sub.add_parser("learn-tokens", help="learn a class token by textual inversion from a folder of images")
@@ -78,7 +81,7 @@ def _search_overrides(args, base: dict) -> dict:
     from vbugs_ray.spec import parse_search
 
     overrides = {"alpha": args.alpha, "min_support": args.min_support, "min_effect": args.min_effect,
-                 "max_order": args.max_order, "fdr": args.fdr}
+                 "max_order": args.max_order, "fdr": args.fdr, "prune": args.prune}
     return dataclasses.asdict(parse_search(dict(base, **{k: v for k, v in overrides.items() if v is not None})))
 
 

@@ -112,8 +112,10 @@ class SearchSpec:
     min_effect: float = 0.2
     top_k: int = 10
     fdr: str = "bh"
+    prune: str = "elevated"
+    expand_alpha: float = 0.05
 
-    FIELDS = ("alpha", "min_support", "max_order", "min_effect", "top_k", "fdr")
+    FIELDS = ("alpha", "min_support", "max_order", "min_effect", "top_k", "fdr", "prune", "expand_alpha")
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,9 @@ def parse_search(data: Any) -> SearchSpec:
     fdr = raw.get("fdr", d.fdr)
     if fdr not in ("bh", "alpha_investing"):
         raise SpecError("search.fdr", f"unknown procedure {fdr!r}; allowed: bh, alpha_investing")
+    prune = raw.get("prune", d.prune)
+    if prune not in ("elevated", "exact", "none"):
+        raise SpecError("search.prune", f"unknown mode {prune!r}; allowed: elevated (default), exact, none")
     return SearchSpec(
         alpha=_number(raw.get("alpha", d.alpha), "search.alpha", float, 0, 1, low_open=True),
         min_support=_number(raw.get("min_support", d.min_support), "search.min_support", int, 1),
@@ -256,6 +261,8 @@ def parse_search(data: Any) -> SearchSpec:
         min_effect=_number(raw.get("min_effect", d.min_effect), "search.min_effect", float, 0),
         top_k=_number(raw.get("top_k", d.top_k), "search.top_k", int, 1),
         fdr=fdr,
+        prune=prune,
+        expand_alpha=_number(raw.get("expand_alpha", d.expand_alpha), "search.expand_alpha", float, 0, 1, low_open=True),
     )
 
 

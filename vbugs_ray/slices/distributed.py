@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from vbugs_ray.slices.encode import MISSING, OTHER
-from vbugs_ray.slices.lattice import SliceCounts, residual_counts
+from vbugs_ray.slices.lattice import SliceCounts, count_children, merge_children, residual_counts
 
 _SAMPLE_PER_SHARD = 20_000
 
@@ -66,12 +66,26 @@ def shard_pieces(files: list[str], target_rows: int = 1_000_000) -> list[tuple[s
 
 
 def _read(piece: tuple[str, list[int]], columns: list[str], valid_col: str | None = None) -> pa.Table:
-    """Some columns of a piece; with ``valid_col``, only the rows where that column is true."""
+    """Some columns of a piece; with ``valid_col``, only the rows where that column is true.
+    Text columns come back dictionary-encoded (as Parquet stores them): a few distinct values and
+    small integer indices, which is all the encoding needs."""
     file, groups = piece
+    schema = pq.read_schema(file)
+    text = [c for c in columns if not _is_numeric(schema.field(c).type) and not pa.types.is_boolean(schema.field(c).type)]
+    handle = pq.ParquetFile(file, read_dictionary=text)
     if valid_col is None:
-        return pq.ParquetFile(file).read_row_groups(groups, columns=columns)
-    table = pq.ParquetFile(file).read_row_groups(groups, columns=[*columns, valid_col])
+        return handle.read_row_groups(groups, columns=columns)
+    table = handle.read_row_groups(groups, columns=[*columns, valid_col])
     return table.filter(pc.fill_null(table.column(valid_col), False)).select(columns)
+
+
+def _dictionary_chunks(column: pa.ChunkedArray):
+    """(distinct values as strings, per-row index into them with -1 for null) for each chunk."""
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary_encode()
+        values = chunk.dictionary.cast(pa.string()).to_pylist()
+        yield values, pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _is_numeric(type_: pa.DataType) -> bool:
@@ -92,10 +106,13 @@ def _profile(piece: tuple[str, list[int]], features: Sequence[str], valid_col: s
             out[name] = ("numeric", rng.choice(values, take, replace=False) if take else values,
                          distinct if len(distinct) <= 1000 else None, bool((~np.isfinite(values)).any()))
         else:
-            counts = pc.value_counts(column.cast(pa.string()))
-            values = counts.field("values").to_pylist()
-            out[name] = ("categorical", dict(zip([MISSING if v is None else v for v in values],
-                                                 counts.field("counts").to_pylist())), None, False)
+            totals: dict[str, int] = {}
+            for values, index in _dictionary_chunks(column):
+                counts = np.bincount(index + 1, minlength=len(values) + 1)  # slot 0: nulls
+                for value, count in zip([MISSING, *[MISSING if v is None else v for v in values]], counts.tolist()):
+                    if count:
+                        totals[value] = totals.get(value, 0) + count
+            out[name] = ("categorical", totals, None, False)
     return out
 
 
@@ -112,13 +129,14 @@ class Encoding:
             if MISSING in self.labels:
                 codes[~np.isfinite(x)] = self.labels.index(MISSING)
             return codes.astype(np.int16)
-        text = column.cast(pa.string()).fill_null(MISSING)
-        keys = pa.array(list(self.index))
-        found = pc.index_in(text, value_set=keys).to_numpy(zero_copy_only=False)
-        codes = np.array([self.index[k] for k in keys.to_pylist()], np.int16)
         other = self.labels.index(OTHER) if OTHER in self.labels else -1
-        found = np.where(np.isnan(found.astype(np.float64)), -1, found).astype(np.int64)
-        return np.where(found >= 0, codes[np.maximum(found, 0)], other).astype(np.int16)
+        parts = []
+        for values, index in _dictionary_chunks(column):
+            # one code per distinct value, then one lookup per row; the last slot is for nulls
+            lookup = [self.index.get(MISSING if v is None else v, other) for v in values]
+            table = np.array([*lookup, self.index.get(MISSING, other)], np.int16)
+            parts.append(table[index])
+        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
 
 def build_encodings(profiles: list[dict], features: Sequence[str], max_values: int, n_bins: int) -> list[Encoding]:
@@ -267,9 +285,19 @@ class ShardCounter:
                 merged[combo] = counts if combo not in merged else merged[combo] + counts
         return merged
 
+    def count_children(self, parents):
+        handles = [self.runner.submit(_shard_children, shard, self.cards, parents) for shard in self.shards]
+        return merge_children(list(self.runner.as_completed(handles)))
+
     def count_residual(self, slice_, others):
         parts = self.runner.get([self.runner.submit(_shard_residual, shard, slice_, others) for shard in self.shards])
         return tuple(int(x) for x in np.sum(np.asarray(parts, np.int64), axis=0))
+
+
+def _shard_children(shard: dict, cards, parents) -> dict:
+    error = np.zeros(shard["codes"].shape[1], bool)
+    error[shard["error_rows"]] = True
+    return count_children(shard["codes"], error, shard["loss"], cards, parents)
 
 
 def _shard_residual(shard: dict, slice_, others) -> tuple[int, int, int, int]:

@@ -1,7 +1,7 @@
 """Level-wise lattice search over conjunctions of ``column = value`` predicates (pure numpy).
 
-Level L holds slices of L predicates. A slice is counted only if every one of its parents (one
-predicate fewer) was *expandable*: it had at least ``min_support`` rows and an optimistic bound
+Level L holds slices of L predicates. With ``prune="exact"``, a slice is counted only if every
+one of its parents (one predicate fewer) was *expandable*: it had at least ``min_support`` rows and an optimistic bound
 says some refinement could still be flagged. Bounds (a refinement R of S has n_R <= n_S rows and
 k_R <= min(k_S, n_R) errors):
 
@@ -11,7 +11,23 @@ k_R <= min(k_S, n_R) errors):
 - support: n_S < min_support.
 
 Both are exact for what BH flags (the family size is fixed to the whole lattice, see
-``lattice_size``), so pruning changes how many slices are evaluated, never the flagged set.
+``lattice_size``), so pruning changes how many slices are evaluated, never the flagged set
+(``prune="exact"``). On large tables they prune almost nothing: a slice with many errors could
+always hold an all-error refinement.
+
+``prune="elevated"`` (the default, AutoSlicer's prioritisation) expands a slice only if it fails
+more than its complement and, along every predicate it adds to a parent, interacts (see
+``_interacts``), both one-sided at p <= ``expand_alpha``; a slice is evaluated when one of its
+parents is expandable, its counts taken from that parent's rows. A failure inside S also raises
+the error rate of every superset of S, so this follows failures down the lattice and skips the
+slices whose parents look normal. What it can miss: a failure with no visibly elevated parent,
+because an error deficit elsewhere in each parent cancels it (a pure interaction) or because it
+is too weak for its parents' size (each parent P of C needs roughly z_C * sqrt(n_C / n_P) above
+the expansion threshold). Unevaluated slices count as p = 1 in BH's family, so false-discovery
+control holds either way; a test checks that the distinct failures it reports match the
+exhaustive search's on planted tables.
+
+``prune="none"`` evaluates everything (the reference in tests).
 
 Counting goes through a *counter* (``count(combo) -> SliceCounts``) so the same search runs over
 an in-memory table (``TableCounter``) or over Parquet shards with Ray tasks (slices.distributed).
@@ -24,6 +40,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
+from scipy import special
 
 from vbugs_ray.slices import stats
 
@@ -59,6 +76,49 @@ def count_cells(codes: Sequence[np.ndarray], cards: Sequence[int], error: np.nda
                        np.bincount(key, weights=loss * loss, minlength=size))
 
 
+def count_children(codes, error: np.ndarray, loss: np.ndarray | None, cards: Sequence[int],
+                   parents: Sequence[tuple[tuple[int, int], ...]]) -> dict:
+    """For each parent slice: the counts of all its one-predicate refinements, feature by feature,
+    from the parent's rows only (pysubgroup's row-subset idea: a deep slice costs its own rows,
+    not a pass over the table). Returns parent -> feature -> SliceCounts over that feature's values."""
+    out = {}
+    for key in parents:
+        mask = codes[key[0][0]] == key[0][1]
+        for f, v in key[1:]:
+            mask &= codes[f] == v
+        rows = np.nonzero(mask)[0]
+        err_rows = rows[error[rows]]
+        used = {f for f, _ in key}
+        by_feature = {}
+        for g, card in enumerate(cards):
+            if g in used:
+                continue
+            col = codes[g]
+            n = np.bincount(col[rows], minlength=card)
+            k = np.bincount(col[err_rows], minlength=card)
+            if loss is None:
+                ls = lsq = np.zeros(card)
+            else:
+                ls = np.bincount(col[rows], weights=loss[rows], minlength=card)
+                lsq = np.bincount(col[rows], weights=loss[rows] ** 2, minlength=card)
+            by_feature[g] = SliceCounts(n, k, ls, lsq)
+        out[key] = by_feature
+    return out
+
+
+def merge_children(parts: Sequence[dict]) -> dict:
+    """Add up ``count_children`` results of several shards."""
+    merged: dict = {}
+    for part in parts:
+        for key, by_feature in part.items():
+            if key not in merged:
+                merged[key] = dict(by_feature)
+            else:
+                for g, counts in by_feature.items():
+                    merged[key][g] = merged[key][g] + counts
+    return merged
+
+
 class Counter(Protocol):
     names: list[str]
     values: list[list[str]]
@@ -68,6 +128,8 @@ class Counter(Protocol):
     def count(self, combos: list[tuple[int, ...]]) -> dict[tuple[int, ...], SliceCounts]: ...
 
     def count_residual(self, slice_: tuple, others: list[tuple]) -> tuple[int, int, int, int]: ...
+
+    def count_children(self, parents: list[tuple]) -> dict: ...
 
 
 class TableCounter:
@@ -90,6 +152,9 @@ class TableCounter:
 
     def count_residual(self, slice_, others):
         return residual_counts(self.codes, self.error.astype(bool), slice_, others)
+
+    def count_children(self, parents):
+        return count_children(self.codes, self.error.astype(bool), self.loss, [len(v) for v in self.values], parents)
 
 
 def _mask(codes, n_rows: int, conjunction) -> np.ndarray:
@@ -137,10 +202,17 @@ def _best_refinement_log_p(n: np.ndarray, k: np.ndarray, min_support: int, k_tot
     return np.minimum(fisher, z)
 
 
-def search(counter: Counter, *, alpha: float, min_support: int, max_order: int, prune: bool = True
-           ) -> tuple[Evaluated, int]:
+PRUNE_MODES = ("elevated", "exact", "none")
+
+
+def search(counter: Counter, *, alpha: float, min_support: int, max_order: int, prune: str = "elevated",
+           expand_alpha: float = 0.05) -> tuple[Evaluated, int]:
     """Evaluate the lattice level by level; returns the tested slices and the lattice size.
-    ``prune=False`` counts every slice with support (the exhaustive reference)."""
+    ``prune``: 'elevated', 'exact' or 'none' (every slice with support: the exhaustive reference)."""
+    if prune not in PRUNE_MODES:
+        raise ValueError(f"unknown prune mode {prune!r}; allowed: {', '.join(PRUNE_MODES)}")
+    if prune == "elevated":
+        return _search_elevated(counter, min_support, max_order, expand_alpha)
     cards = [len(v) for v in counter.values]
     n_total, k_total, _, _ = counter.totals()
     family = lattice_size(cards, max_order)
@@ -172,7 +244,7 @@ def search(counter: Counter, *, alpha: float, min_support: int, max_order: int, 
             break
         n, k = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
         can_expand = n >= min_support  # a refinement has at most its parent's rows
-        if prune:
+        if prune == "exact":
             # a flagged slice has p <= q <= alpha, so a branch whose best refinement can't reach
             # p <= alpha holds nothing to flag
             best = _best_refinement_log_p(n, k, min_support, k_total, n_total)
@@ -187,3 +259,85 @@ def search(counter: Counter, *, alpha: float, min_support: int, max_order: int, 
     n, k, ls, lsq = (np.concatenate(x) for x in zip(*parts))
     return Evaluated(preds, n.astype(np.int64), k.astype(np.int64), ls, lsq), family
 
+
+
+Key = tuple[tuple[int, int], ...]
+
+
+def _interacts(keys: list[Key], n: np.ndarray, k: np.ndarray, seen: dict, n_total: int, k_total: int,
+               expand_alpha: float) -> np.ndarray:
+    """For each slice C and each way to write it as C = P AND q (P a parent, q one predicate):
+    does q raise the error rate inside P more than it does in the whole table? The contrast is
+    (p_C - p_(P not q)) - (p_q - p_(not q)), one-sided z with pooled variance (a screening
+    heuristic, not a reported test). Two independent failures A and B make A AND B look worse
+    than the rest of A, but only as much as B does everywhere: no interaction, no expansion."""
+    idx, rows = [], []
+    for i, key in enumerate(keys):
+        for j in range(len(key)):
+            parent, single = key[:j] + key[j + 1:], (key[j],)
+            if parent in seen and single in seen:
+                idx.append(i)
+                rows.append((*seen[parent], *seen[single]))
+    ok = np.ones(len(keys), bool)
+    if not idx:
+        return ok
+    i = np.asarray(idx)
+    n_p, k_p, n_q, k_q = np.asarray(rows, np.float64).T
+    n_c, k_c = n[i].astype(np.float64), k[i].astype(np.float64)
+    p0 = k_total / n_total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        contrast = (k_c / n_c - (k_p - k_c) / (n_p - n_c)) - (k_q / n_q - (k_total - k_q) / (n_total - n_q))
+        se = np.sqrt(p0 * (1 - p0) * (1 / n_c + 1 / (n_p - n_c) + 1 / n_q + 1 / (n_total - n_q)))
+        z = np.where((n_p > n_c) & (se > 0), contrast / se, -np.inf)
+    passed = special.log_ndtr(-z) <= np.log(expand_alpha)
+    np.logical_and.at(ok, i, passed)
+    return ok
+
+
+def _search_elevated(counter: Counter, min_support: int, max_order: int, expand_alpha: float
+                     ) -> tuple[Evaluated, int]:
+    """Best-first by evidence: a slice is a candidate when one of its parents is *expandable*,
+    i.e. fails more than the rest of the table and more than the rest of each evaluated parent
+    (both one-sided, p <= ``expand_alpha``). The second test is SliceFinder's insight turned
+    into pruning: the sub-slices of one strong failure (failure AND any other predicate) are not
+    worse than the failure itself, so they are tested but never expanded."""
+    cards = [len(v) for v in counter.values]
+    n_total, k_total, _, _ = counter.totals()
+    family = lattice_size(cards, max_order)
+    log_alpha = np.log(expand_alpha)
+    seen: dict[Key, tuple[int, int]] = {}  # evaluated slice -> (n, errors)
+    preds: list[Key] = []
+    parts: list[np.ndarray] = []
+    singles = counter.count([(f,) for f in range(len(cards))])
+    level: dict[Key, np.ndarray] = {((f, v),): np.array([c.n[v], c.errors[v], c.loss_sum[v], c.loss_sq[v]], np.float64)
+                                    for (f,), c in singles.items() for v in range(cards[f])}
+    for order in range(1, max_order + 1):
+        level = {key: row for key, row in level.items() if min_support <= row[0] < n_total}
+        if not level:
+            break
+        level_keys = sorted(level)
+        arr = np.stack([level[key] for key in level_keys])
+        preds.extend(level_keys)
+        parts.append(arr)
+        n, k = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
+        seen.update(zip(level_keys, zip(n.tolist(), k.tolist())))
+        if order == max_order:
+            break
+        expandable = stats.error_rate_log_p(k, n, k_total, n_total) <= log_alpha
+        if order > 1:  # and an interaction, along every predicate it adds to a parent
+            expandable &= _interacts(level_keys, n, k, seen, n_total, k_total, expand_alpha)
+        grow = [key for key, ok in zip(level_keys, expandable) if ok]
+        if not grow:
+            break
+        level = {}
+        for key, by_feature in counter.count_children(grow).items():
+            for g, c in by_feature.items():
+                for v in range(cards[g]):
+                    child = tuple(sorted(key + ((g, v),)))
+                    if child not in level:
+                        level[child] = np.array([c.n[v], c.errors[v], c.loss_sum[v], c.loss_sq[v]], np.float64)
+    if not preds:
+        empty = np.zeros(0)
+        return Evaluated([], empty.astype(np.int64), empty.astype(np.int64), empty, empty), family
+    arr = np.concatenate(parts)
+    return Evaluated(preds, arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2], arr[:, 3]), family

@@ -10,7 +10,8 @@ Flagged: rejected, effect >= min_effect. Then, so that each distinct failure app
 the top (ranked: distinct failures, then worse parts of them, then explained slices, each tier by
 significance):
 - a child of a flagged slice is kept only if it fails significantly more than the rest of its
-  parent (one-sided Fisher within the parent, Bonferroni over the parent's flagged children);
+  parent (the one-sided error-rate test within the parent, Bonferroni over the parent's
+  flagged children);
 - a flagged slice whose excess a flagged refinement explains (the slice minus the refinement is
   not significantly worse than the slice's complement) gets ``explained_by`` and ranks after
   the slices that explain themselves.
@@ -36,14 +37,16 @@ class SearchSettings:
     max_order: int = 3
     min_effect: float = 0.2
     fdr: str = "bh"
-    prune: bool = True
+    prune: str = "elevated"  # see slices.lattice: elevated | exact | none
+    expand_alpha: float = 0.05
     max_values: int = 20
     n_bins: int = 10
 
     @classmethod
     def from_search(cls, search: Mapping) -> "SearchSettings":
         """From a spec's ``search`` section (extra keys such as top_k are the report's concern)."""
-        return cls(**{k: search[k] for k in ("alpha", "min_support", "max_order", "min_effect", "fdr")})
+        keys = ("alpha", "min_support", "max_order", "min_effect", "fdr", "prune", "expand_alpha")
+        return cls(**{k: search[k] for k in keys if k in search})
 
 
 @dataclass
@@ -92,7 +95,8 @@ def run_search(counter: lattice.Counter, settings: SearchSettings) -> SliceResul
     if settings.fdr not in FDR_PROCEDURES:
         raise ValueError(f"unknown fdr procedure {settings.fdr!r}; allowed: {', '.join(FDR_PROCEDURES)}")
     ev, family = lattice.search(counter, alpha=settings.alpha, min_support=settings.min_support,
-                                max_order=settings.max_order, prune=settings.prune)
+                                max_order=settings.max_order, prune=settings.prune,
+                                expand_alpha=settings.expand_alpha)
     n_total, k_total, loss_total, loss_sq_total = counter.totals()
     result = SliceResult(base_error_rate=k_total / n_total if n_total else 0.0, n_rows=n_total,
                          n_tested=len(ev.predicates), lattice_size=family)
@@ -122,7 +126,10 @@ def run_search(counter: lattice.Counter, settings: SearchSettings) -> SliceResul
     low, high = stats.clopper_pearson(k_s, n_s)
     with np.errstate(divide="ignore", invalid="ignore"):
         loss_mean = ev.loss_sum / n_s
-    loss_p = stats.welch_greater(ev.loss_sum, ev.loss_sq, n_s, loss_total, loss_sq_total, n_total)
+    loss_p = np.ones(len(n_s))
+    if flagged and loss_sq_total > 0:  # the loss test only for what is reported, only with a loss
+        fi = np.asarray(flagged)
+        loss_p[fi] = stats.welch_greater(ev.loss_sum[fi], ev.loss_sq[fi], n_s[fi], loss_total, loss_sq_total, n_total)
     names, values = counter.names, counter.values
 
     def named(pred) -> dict:
@@ -173,7 +180,7 @@ def _drop_redundant_children(flagged, preds, index, n_s, k_s, alpha):
     redundant, parent_of = set(), {}
     for parent, kids in children.items():
         kids_arr = np.asarray(kids)
-        within = stats.fisher_greater_log(k_s[kids_arr], n_s[kids_arr], int(k_s[parent]), int(n_s[parent]))
+        within = stats.error_rate_log_p(k_s[kids_arr], n_s[kids_arr], int(k_s[parent]), int(n_s[parent]))
         for kid, lp in zip(kids, within):
             if lp > np.log(alpha / len(kids)):
                 redundant.add(kid)
@@ -188,7 +195,7 @@ def _explained_by_stronger(by_strength, preds, n_s, k_s, n_total, k_total, setti
 
     Leaders are taken in order of significance. A slice S explains itself only if, with the rows
     of every stronger leader that overlaps it removed, what is left of S still passes the flag
-    criteria (one-sided Fisher at alpha, effect >= min_effect) against the rest of the remaining
+    criteria (the one-sided error-rate test at alpha, effect >= min_effect) against the rest of the remaining
     rows; otherwise it is explained by the strongest overlapping leader. Overlap covers
     refinements and slices that merely cut across a stronger one. Checked for the
     ``max_checked`` most significant slices against up to ``max_leaders`` leaders."""
@@ -204,7 +211,7 @@ def _explained_by_stronger(by_strength, preds, n_s, k_s, n_total, k_total, setti
             if rest_n == 0 or pool_n == rest_n:
                 self_explaining = False
             else:
-                lp = stats.fisher_greater_log(np.array([rest_k]), np.array([rest_n]), pool_k, pool_n)[0]
+                lp = stats.error_rate_log_p(np.array([rest_k]), np.array([rest_n]), pool_k, pool_n)[0]
                 p_rest, p_other = rest_k / rest_n, (pool_k - rest_k) / (pool_n - rest_n)
                 effect = stats.effect_size(np.array([p_rest]), np.array([p_other]))[0]
                 self_explaining = lp <= np.log(settings.alpha) and effect >= settings.min_effect

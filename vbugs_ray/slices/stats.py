@@ -9,7 +9,10 @@ Vectorised over slices with scipy's hypergeometric survival function.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+from scipy import special
+
+# scipy.stats costs about half a second to import; large tables never need it (no small counts),
+# so the functions that do (Fisher, Welch) import it when first called.
 
 
 def fisher_greater_log(k_s: np.ndarray, n_s: np.ndarray, k_total: int, n_total: int) -> np.ndarray:
@@ -17,6 +20,8 @@ def fisher_greater_log(k_s: np.ndarray, n_s: np.ndarray, k_total: int, n_total: 
 
     Kept in logs so that slices far beyond float precision (p < 1e-308) still rank by strength.
     """
+    from scipy import stats
+
     k_s = np.asarray(k_s, np.int64)
     n_s = np.asarray(n_s, np.int64)
     return np.minimum(stats.hypergeom.logsf(k_s - 1, n_total, k_total, n_s), 0.0)
@@ -35,8 +40,9 @@ def clopper_pearson(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[
     k = np.asarray(k, np.float64)
     n = np.asarray(n, np.float64)
     a = (1 - level) / 2
-    low = np.where(k > 0, stats.beta.ppf(a, k, n - k + 1), 0.0)
-    high = np.where(k < n, stats.beta.ppf(1 - a, k + 1, n - k), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # beta quantiles: scipy.stats.beta.ppf's kernel
+        low = np.where(k > 0, special.betaincinv(k, n - k + 1, a), 0.0)
+        high = np.where(k < n, special.betaincinv(k + 1, n - k, 1 - a), 1.0)
     return low, high
 
 
@@ -45,28 +51,32 @@ def ztest_greater_log(k_s: np.ndarray, n_s: np.ndarray, k_total: int, n_total: i
     k_s = np.asarray(k_s, np.float64)
     n_s = np.asarray(n_s, np.float64)
     n_c = n_total - n_s
-    p0 = k_total / n_total
     with np.errstate(divide="ignore", invalid="ignore"):
+        p0 = k_total / n_total
         diff = k_s / n_s - (k_total - k_s) / n_c
         se = np.sqrt(p0 * (1 - p0) * (1 / n_s + 1 / n_c))
         z = np.where(se > 0, diff / se, 0.0)
-    return stats.norm.logsf(z)
+    return special.log_ndtr(-z)  # log of the normal upper tail, = scipy.stats.norm.logsf(z)
 
 
-def error_rate_log_p(k_s: np.ndarray, n_s: np.ndarray, k_total: int, n_total: int,
+def error_rate_log_p(k_s: np.ndarray, n_s: np.ndarray, k_total, n_total,
                      min_expected: float = 10.0) -> np.ndarray:
     """log p of the one-sided error-rate test: Fisher exact where any expected cell count of the
-    2x2 table is under ``min_expected`` (the normal approximation is poor there), z-test elsewhere."""
+    2x2 table is under ``min_expected`` (the normal approximation is poor there), z-test elsewhere.
+    The totals may be arrays (one population per slice: a slice within its parent)."""
     k_s = np.asarray(k_s, np.int64)
     n_s = np.asarray(n_s, np.int64)
-    p0 = k_total / n_total if n_total else 0.0
-    smallest = np.minimum(n_s, n_total - n_s) * min(p0, 1 - p0)
+    k_total = np.broadcast_to(np.asarray(k_total, np.int64), k_s.shape)
+    n_total = np.broadcast_to(np.asarray(n_total, np.int64), k_s.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p0 = np.where(n_total > 0, k_total / np.maximum(n_total, 1), 0.0)
+    smallest = np.minimum(n_s, n_total - n_s) * np.minimum(p0, 1 - p0)
     exact = smallest < min_expected
     out = np.empty(k_s.shape, np.float64)
     if exact.any():
-        out[exact] = fisher_greater_log(k_s[exact], n_s[exact], k_total, n_total)
+        out[exact] = fisher_greater_log(k_s[exact], n_s[exact], k_total[exact], n_total[exact])
     if (~exact).any():
-        out[~exact] = ztest_greater_log(k_s[~exact], n_s[~exact], k_total, n_total)
+        out[~exact] = ztest_greater_log(k_s[~exact], n_s[~exact], k_total[~exact], n_total[~exact])
     return out
 
 
@@ -76,6 +86,8 @@ def welch_greater(sum_s: np.ndarray, sumsq_s: np.ndarray, n_s: np.ndarray,
 
     Null: equal mean loss; alternative: the slice's mean loss is higher. Needs n >= 2 on each side.
     """
+    from scipy import stats
+
     n_s = np.asarray(n_s, np.float64)
     n_c = n_total - n_s
     sum_c, sumsq_c = sum_total - np.asarray(sum_s), sumsq_total - np.asarray(sumsq_s)

@@ -30,8 +30,6 @@ def _schema(path: str):
 
 def search_table(path: str, error_col: str, loss_col: str | None, features: list[str] | None,
                  search: dict, out: str | None) -> dict:
-    import ray
-
     files, schema = _schema(path)
     names = schema.names
     for flag, column in (("--error-col", error_col), ("--loss-col", loss_col)):
@@ -48,6 +46,8 @@ def search_table(path: str, error_col: str, loss_col: str | None, features: list
     from vbugs_ray.slices.distributed import ShardCounter, needs_ray, shard_pieces
 
     use_ray = needs_ray(shard_pieces(files))
+    if use_ray:  # importing Ray costs a second: only when the table spans several shards
+        import ray
     started = use_ray and not ray.is_initialized()
     if started:
         ray.init(num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=False, log_to_driver=False)
