@@ -31,11 +31,12 @@ TOP = 10
 
 # ---- workers: one system, one table, run in a fresh process -----------------------------------
 
-def _run_vbugs(table: str, features: list[str]) -> tuple[list[dict], dict]:
+def _run_vbugs(table: str, features: list[str], prune: str = "elevated") -> tuple[list[dict], dict]:
     sys.path.insert(0, str(ROOT))
     from vbugs_ray.slices.table import search_table
 
-    search = {"alpha": 0.05, "min_support": 20, "max_order": 3, "min_effect": 0.2, "fdr": "bh", "top_k": TOP}
+    search = {"alpha": 0.05, "min_support": 20, "max_order": 3, "min_effect": 0.2, "fdr": "bh", "top_k": TOP,
+              "prune": prune}
     report = search_table(table, "error", None, features, search, None)
     flagged = [s["predicates"] for s in report["flagged_slices"]]
     return flagged, {"evaluated": report["evaluated_slices"], "lattice": report["lattice_size"],
@@ -73,11 +74,13 @@ def _run_sliceline(table: str, features: list[str]) -> tuple[list[dict], dict]:
     return flagged, {"n_flagged": len(flagged)}
 
 
-WORKERS = {"vbugs_ray": _run_vbugs, "pysubgroup": _run_pysubgroup, "sliceline": _run_sliceline}
+WORKERS = {"vbugs_ray": _run_vbugs,  # the default: prune="elevated"
+           "vbugs_ray_exact": lambda table, features: _run_vbugs(table, features, prune="exact"),
+           "pysubgroup": _run_pysubgroup, "sliceline": _run_sliceline}
 
 
 def worker(system: str, table: str, features: list[str], mem_gb: float) -> None:
-    if system != "vbugs_ray":  # Ray reserves virtual memory it never touches; cap the others
+    if not system.startswith("vbugs_ray"):  # Ray reserves virtual memory it never touches; cap the others
         import resource
 
         cap = int(mem_gb * 2**30)
@@ -156,7 +159,7 @@ def main() -> None:
     parser.add_argument("--features", default="")
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--n-features", type=int, default=12)
-    parser.add_argument("--systems", default="vbugs_ray,pysubgroup,sliceline")
+    parser.add_argument("--systems", default="vbugs_ray,vbugs_ray_exact,pysubgroup,sliceline")
     parser.add_argument("--baseline-max-rows", type=int, default=1_000_000, help="largest table given to baselines")
     parser.add_argument("--mem-gb", type=float, default=8.0)
     parser.add_argument("--timeout-s", type=float, default=900.0)
@@ -181,9 +184,9 @@ def main() -> None:
             features = [f"f{i}" for i in range(args.n_features)]
             by_system = {}
             for system in args.systems.split(","):
-                if system != "vbugs_ray" and rows > args.baseline_max_rows:
+                if not system.startswith("vbugs_ray") and rows > args.baseline_max_rows:
                     continue
-                python = sys.executable if system == "vbugs_ray" else args.baseline_python
+                python = sys.executable if system.startswith("vbugs_ray") else args.baseline_python
                 record = run_system(system, str(table), features, args.mem_gb, args.timeout_s, python)
                 record.update(rows=rows, features=args.n_features, max_order=3)
                 score(record, planted)
