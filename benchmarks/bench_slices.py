@@ -31,7 +31,7 @@ TOP = 10
 
 # ---- workers: one system, one table, run in a fresh process -----------------------------------
 
-def _run_vbugs(table: str, features: list[str], prune: str = "elevated") -> tuple[list[dict], dict]:
+def _run_vbugs(table: str, features: list[str], prune: str = "auto") -> tuple[list[dict], dict]:
     sys.path.insert(0, str(ROOT))
     from vbugs_ray.slices.table import search_table
 
@@ -74,7 +74,8 @@ def _run_sliceline(table: str, features: list[str]) -> tuple[list[dict], dict]:
     return flagged, {"n_flagged": len(flagged)}
 
 
-WORKERS = {"vbugs_ray": _run_vbugs,  # the default: prune="elevated"
+WORKERS = {"vbugs_ray": _run_vbugs,  # the default: prune="auto" (elevated from 1M rows, exact below)
+           "vbugs_ray_elevated": lambda table, features: _run_vbugs(table, features, prune="elevated"),
            "vbugs_ray_exact": lambda table, features: _run_vbugs(table, features, prune="exact"),
            "pysubgroup": _run_pysubgroup, "sliceline": _run_sliceline}
 
@@ -159,7 +160,7 @@ def main() -> None:
     parser.add_argument("--features", default="")
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--n-features", type=int, default=12)
-    parser.add_argument("--systems", default="vbugs_ray,vbugs_ray_exact,pysubgroup,sliceline")
+    parser.add_argument("--systems", default="vbugs_ray,vbugs_ray_elevated,vbugs_ray_exact,pysubgroup,sliceline")
     parser.add_argument("--baseline-max-rows", type=int, default=1_000_000, help="largest table given to baselines")
     parser.add_argument("--mem-gb", type=float, default=8.0)
     parser.add_argument("--timeout-s", type=float, default=900.0)

@@ -130,6 +130,21 @@ def test_elevated_pruning_names_the_same_failures_as_exhaustive_search(seed):
     assert _distinct(fast) == _distinct(full)
     assert all(p in _distinct(fast) for p in planted)
     assert fast.n_tested <= 0.05 * fast.lattice_size  # the issue's budget: <= 5% of the lattice
+    assert (fast.prune, full.prune) == ("elevated", "none")
+
+
+def test_auto_pruning_follows_failures_on_large_tables_at_the_power_floor():
+    """From a million rows 'auto' prunes by elevation; a slice near the issue's floor (support
+    0.8%, 3x the base rate, order 3) is found there while a few percent of the lattice is tested."""
+    rng = np.random.default_rng(31)
+    n, base = 1_000_000, 0.05
+    cols = _features(rng, n, 12, 5)
+    inside = (cols["f2"] == "1") & (cols["f5"] == "3") & (cols["f8"] == "0")  # 0.8% of the rows
+    errors = rng.random(n) < np.where(inside, 3 * base, base)
+    result = search_slices(cols, errors, SearchSettings(max_order=3))
+    assert result.prune == "elevated"
+    assert {"f2": "1", "f5": "3", "f8": "0"} in _distinct(result)
+    assert result.n_tested <= 0.05 * result.lattice_size
 
 
 def test_flagged_fields_and_loss_test():

@@ -35,9 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     slices.add_argument("--min-support", type=int, default=None, help="override search.min_support")
     slices.add_argument("--min-effect", type=float, default=None, help="override search.min_effect")
     slices.add_argument("--fdr", choices=("bh", "alpha_investing"), default=None, help="override search.fdr")
-    slices.add_argument("--prune", choices=("elevated", "exact", "none"), default=None,
-                        help="override search.prune (elevated: follow failures, a few percent of the lattice; "
-                             "exact: every slice that could be flagged; none: everything)")
+    slices.add_argument("--prune", choices=("auto", "elevated", "exact", "none"), default=None,
+                        help="override search.prune (auto: elevated from a million rows, exact below; elevated: "
+                             "follow failures, a few percent of the lattice; exact: every slice that could be "
+                             "flagged; none: everything)")
     slices.add_argument("--top", type=int, default=10, help="flagged slices to print")
 
     tokens = sub.add_parser("learn-tokens", help="learn a class token by textual inversion from a folder of images")

@@ -18,6 +18,7 @@ def build_report(result: SliceResult, search: dict, features: list[str], **extra
         "n_slices_tested": result.n_tested,
         "evaluated_slices": result.n_tested,
         "lattice_size": result.lattice_size,
+        "prune": result.prune,
         "redundant_children_dropped": result.redundant_children,
         "slice_features": features,
         "search": search,

@@ -112,8 +112,8 @@ class SearchSpec:
     min_effect: float = 0.2
     top_k: int = 10
     fdr: str = "bh"
-    prune: str = "elevated"
-    expand_alpha: float = 0.05
+    prune: str = "auto"
+    expand_alpha: float = 0.1
 
     FIELDS = ("alpha", "min_support", "max_order", "min_effect", "top_k", "fdr", "prune", "expand_alpha")
 
@@ -252,8 +252,8 @@ def parse_search(data: Any) -> SearchSpec:
     if fdr not in ("bh", "alpha_investing"):
         raise SpecError("search.fdr", f"unknown procedure {fdr!r}; allowed: bh, alpha_investing")
     prune = raw.get("prune", d.prune)
-    if prune not in ("elevated", "exact", "none"):
-        raise SpecError("search.prune", f"unknown mode {prune!r}; allowed: elevated (default), exact, none")
+    if prune not in ("auto", "elevated", "exact", "none"):
+        raise SpecError("search.prune", f"unknown mode {prune!r}; allowed: auto (default), elevated, exact, none")
     return SearchSpec(
         alpha=_number(raw.get("alpha", d.alpha), "search.alpha", float, 0, 1, low_open=True),
         min_support=_number(raw.get("min_support", d.min_support), "search.min_support", int, 1),

@@ -37,8 +37,8 @@ class SearchSettings:
     max_order: int = 3
     min_effect: float = 0.2
     fdr: str = "bh"
-    prune: str = "elevated"  # see slices.lattice: elevated | exact | none
-    expand_alpha: float = 0.05
+    prune: str = "auto"  # see slices.lattice: auto | elevated | exact | none
+    expand_alpha: float = 0.1
     max_values: int = 20
     n_bins: int = 10
 
@@ -55,6 +55,7 @@ class SliceResult:
     n_rows: int
     n_tested: int
     lattice_size: int = 0
+    prune: str = ""  # the pruning that ran ('auto' resolved)
     flagged: list[dict] = field(default_factory=list)
     redundant_children: int = 0
 
@@ -99,7 +100,8 @@ def run_search(counter: lattice.Counter, settings: SearchSettings) -> SliceResul
                                 expand_alpha=settings.expand_alpha)
     n_total, k_total, loss_total, loss_sq_total = counter.totals()
     result = SliceResult(base_error_rate=k_total / n_total if n_total else 0.0, n_rows=n_total,
-                         n_tested=len(ev.predicates), lattice_size=family)
+                         n_tested=len(ev.predicates), lattice_size=family,
+                         prune=lattice.resolve_prune(settings.prune, n_total))
     if not ev.predicates:
         return result
 
