@@ -75,17 +75,19 @@ def test_encoding_bins_numbers_and_caps_categories():
     assert "<missing>" in labels
 
 
+@pytest.mark.parametrize("prune", ["auto", "elevated"])
 @pytest.mark.parametrize("fdr", ["bh", "alpha_investing"])
-def test_calibration_independent_errors(fdr):
+def test_calibration_independent_errors(fdr, prune):
     runs, alpha, any_flagged = 24, 0.1, 0
     for seed in range(runs):
         rng = np.random.default_rng([seed, 99])
         cols = _features(rng, 5000, n_features=5, card=4)
         errors = rng.random(5000) < 0.08
-        result = search_slices(cols, errors, SearchSettings(alpha=alpha, max_order=3, min_effect=0.0, fdr=fdr))
+        result = search_slices(cols, errors, SearchSettings(alpha=alpha, max_order=3, min_effect=0.0, fdr=fdr,
+                                                            prune=prune))
         any_flagged += bool(result.flagged)
     limit = sps.binom.ppf(0.99, runs, alpha)  # P(X > limit | rate alpha) < 1%
-    assert any_flagged <= limit, f"{fdr}: {any_flagged}/{runs} null runs flagged something"
+    assert any_flagged <= limit, f"{fdr}, {prune}: {any_flagged}/{runs} null runs flagged something"
 
 
 def test_power_orders_one_to_three_at_100k_rows():
