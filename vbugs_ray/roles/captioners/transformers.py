@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from vbugs_ray.roles.device import resolve_device, resolve_dtype
+from vbugs_ray.roles.weights import check_pretrained_source
 from vbugs_ray.spec import SpecError
 
 FIELD = "captioner.options"
@@ -57,11 +57,8 @@ class TransformersCaptioner:
     @classmethod
     def validate(cls, role_spec, spec) -> None:
         opts = role_spec.options
-        model = opts.get("model")
-        if not isinstance(model, str) or not model:
-            raise SpecError(f"{FIELD}.model", "is required: a hub id (Salesforce/blip-image-captioning-base) or a local folder")
-        if model.startswith((".", "/", "~")) and not (Path(model).expanduser() / "config.json").is_file():
-            raise SpecError(f"{FIELD}.model", f"{model} is not a transformers model folder (no config.json)")
+        check_pretrained_source(opts.get("model"), f"{FIELD}.model", "Salesforce/blip-image-captioning-base",
+                                "config.json", "transformers model")
         if opts.get("prompt") is not None and not isinstance(opts["prompt"], str):
             raise SpecError(f"{FIELD}.prompt", "expected a string")
         for key, default in (("max_new_tokens", 30), ("num_beams", 3), ("images_per_slice", 16), ("top_phrases", 3)):

@@ -13,7 +13,7 @@ import torch
 
 from vbugs_ray.roles.classifiers.torch_image import TorchImageClassifier, class_map_for
 from vbugs_ray.roles.preprocess import parse_preprocess
-from vbugs_ray.roles.weights import import_callable, load_into, load_state_dict
+from vbugs_ray.roles.weights import import_callable, load_into
 from vbugs_ray.spec import SpecError
 
 FIELD = "classifier.options"
@@ -32,11 +32,6 @@ class ModuleClassifier(TorchImageClassifier):
             raise SpecError(f"{FIELD}.preprocess", "is required: size, and optionally resize, mean, std, interpolation")
         parse_preprocess(opts["preprocess"], f"{FIELD}.preprocess")
         class_map_for(spec, opts, None)
-
-    @classmethod
-    def prepare(cls, role_spec, spec, progress=print) -> None:
-        if role_spec.options.get("checkpoint"):
-            load_state_dict(role_spec.options["checkpoint"], f"{FIELD}.checkpoint")
 
     def __init__(self, role_spec, spec):
         opts = role_spec.options

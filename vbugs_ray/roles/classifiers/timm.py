@@ -12,7 +12,7 @@ import difflib
 
 from vbugs_ray.roles.classifiers.torch_image import TorchImageClassifier, class_map_for, positive_int
 from vbugs_ray.roles.preprocess import EvalTransform
-from vbugs_ray.roles.weights import load_into, load_state_dict
+from vbugs_ray.roles.weights import load_into
 from vbugs_ray.spec import SpecError
 
 FIELD = "classifier.options"
@@ -41,12 +41,6 @@ class TimmClassifier(TorchImageClassifier):
             raise SpecError(f"{FIELD}.pretrained", "expected true or false")
         positive_int(opts, "num_classes", FIELD)
         class_map_for(spec, opts, "imagenet", opts.get("num_classes"))
-
-    @classmethod
-    def prepare(cls, role_spec, spec, progress=print) -> None:
-        """Fail before any actor starts if the checkpoint cannot be read."""
-        if role_spec.options.get("checkpoint"):
-            load_state_dict(role_spec.options["checkpoint"], f"{FIELD}.checkpoint")
 
     def __init__(self, role_spec, spec):
         import timm

@@ -11,6 +11,7 @@ import torch
 from vbugs_ray.roles.classifiers.labels import ClassMap, build_class_map, label_names
 from vbugs_ray.roles.device import resolve_device, resolve_dtype
 from vbugs_ray.roles.preprocess import EvalTransform
+from vbugs_ray.roles.weights import load_state_dict
 from vbugs_ray.spec import SpecError
 
 
@@ -40,6 +41,12 @@ class TorchImageClassifier:
     """Subclasses load ``self.model`` and set ``self.transform``; this class runs them."""
 
     COMMON_OPTIONS = ("labels", "class_map")
+
+    @classmethod
+    def prepare(cls, role_spec, spec, progress=print) -> None:
+        """Fail before any actor starts if the checkpoint cannot be read."""
+        if role_spec.options.get("checkpoint"):
+            load_state_dict(role_spec.options["checkpoint"], "classifier.options.checkpoint")
 
     def _setup(self, role_spec, spec, model: torch.nn.Module, transform: EvalTransform, default_labels: Any,
                n_outputs: int) -> None:

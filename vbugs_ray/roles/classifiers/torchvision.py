@@ -13,7 +13,7 @@ import difflib
 
 from vbugs_ray.roles.classifiers.torch_image import TorchImageClassifier, class_map_for, positive_int
 from vbugs_ray.roles.preprocess import EvalTransform, parse_preprocess
-from vbugs_ray.roles.weights import load_into, load_state_dict
+from vbugs_ray.roles.weights import load_into
 from vbugs_ray.spec import SpecError
 
 FIELD = "classifier.options"
@@ -58,11 +58,6 @@ class TorchvisionClassifier(TorchImageClassifier):
     @staticmethod
     def _labels(opts, weights):
         return list(weights.meta["categories"]) if weights is not None and "categories" in weights.meta else "imagenet"
-
-    @classmethod
-    def prepare(cls, role_spec, spec, progress=print) -> None:
-        if role_spec.options.get("checkpoint"):
-            load_state_dict(role_spec.options["checkpoint"], f"{FIELD}.checkpoint")
 
     def __init__(self, role_spec, spec):
         import torchvision

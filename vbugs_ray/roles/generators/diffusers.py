@@ -17,12 +17,12 @@ The role's ``dtype`` is the pipeline's ``torch_dtype``.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from vbugs_ray.roles.device import resolve_device, resolve_dtype
+from vbugs_ray.roles.weights import check_pretrained_source, read_tensors
 from vbugs_ray.spec import SpecError
 
 FIELD = "generator.options"
@@ -50,20 +50,9 @@ def check_scheduler(name) -> None:
 
 def load_token_file(path: str, field: str) -> dict[str, torch.Tensor]:
     """A textual-inversion file as a dict of tensors (never unpickling code)."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise SpecError(field, f"no textual-inversion file at {file}; make one with `vbugs learn-tokens`")
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(file))
-        else:
-            state = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as exc:  # any reader failure means the same to the user: an unreadable file
-        raise SpecError(field, f"cannot read textual-inversion file {file} ({str(exc).splitlines()[0][:160]})") from None
+    state = read_tensors(path, field, "textual-inversion file", hint="; make one with `vbugs learn-tokens`")
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SpecError(field, f"{file} is not a textual-inversion file (expected token -> embedding tensors)")
+        raise SpecError(field, f"{path} is not a textual-inversion file (expected token -> embedding tensors)")
     return state
 
 
@@ -97,11 +86,8 @@ class DiffusersGenerator:
     @classmethod
     def validate(cls, role_spec, spec) -> None:
         opts = role_spec.options
-        model = opts.get("model")
-        if not isinstance(model, str) or not model:
-            raise SpecError(f"{FIELD}.model", "is required: a hub id (stabilityai/sd-turbo) or a local pipeline folder")
-        if model.startswith((".", "/", "~")) and not (Path(model).expanduser() / "model_index.json").is_file():
-            raise SpecError(f"{FIELD}.model", f"{model} is not a diffusers pipeline folder (no model_index.json)")
+        check_pretrained_source(opts.get("model"), f"{FIELD}.model", "stabilityai/sd-turbo", "model_index.json",
+                                "diffusers pipeline")
         if "scheduler" in opts:
             check_scheduler(opts["scheduler"])
         _check_int(opts, "steps", 1)
