@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vbugs_ray.audit import audit, generate_rows
-from vbugs_ray.caption import caption_slices
+from vbugs_ray.caption import caption_flagged, caption_slices
 from vbugs_ray.roles import registry
 from vbugs_ray.roles.captioners.transformers import rank_captions
 from vbugs_ray.spec import load_spec, parse_spec
@@ -61,10 +61,18 @@ def test_tiny_real_audit_on_ray_writes_a_valid_run_store(tiny_spec_dict, ray_ses
     generate_rows(spec, run_dir, progress=lambda _: None)
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "rows").rglob("*.parquet")} == before
 
-    # captioning a slice reads its images back from the store and runs the BLIP captioner
+    # captioning a slice reads its images back from the store and runs the BLIP captioner:
+    # in this process, and as a Ray task when the captioner reserves a GPU
+    features = ["class", *spec.axis_names]
     flagged = [{"predicates": {"background": "snow"}}]
-    caption_slices(flagged, store, spec, ["class", *spec.axis_names], top_k=1)
+    caption_slices(flagged, store, spec, features, top_k=1)
     assert flagged[0]["caption"] and all(isinstance(c, str) for c in flagged[0]["caption"])
+    tiny_spec_dict["captioner"]["num_gpus"] = 0.5
+    on_gpu = parse_spec(tiny_spec_dict)
+    remote = [{"predicates": {"background": "snow"}}, {"predicates": {"lighting": "night"}}]
+    caption_flagged(remote, store, on_gpu, features, top_k=1)
+    assert remote[0]["caption"] == flagged[0]["caption"]  # same sample (seeded), same captioner
+    assert "caption" not in remote[1]  # only the top_k
 
 
 @pytest.mark.parametrize("name", ["imagenet_sdturbo.yaml", "imagenet_sd21_tokens.yaml"])

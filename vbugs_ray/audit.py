@@ -5,15 +5,15 @@ This is the public entry point (``vbugs_ray.audit``); the CLI is a thin shell ar
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from vbugs_ray.caption import caption_slices
+from vbugs_ray.caption import caption_flagged
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import make_executor
+from vbugs_ray.raycluster import check_gpus, start_ray
 from vbugs_ray.report import build_report, write_report
 from vbugs_ray.roles import registry
 from vbugs_ray.slices import SearchSettings
@@ -27,40 +27,6 @@ Progress = Callable[[str], None]
 
 def _log(message: str) -> None:
     print(f"[vbugs] {message}", file=sys.stderr, flush=True)
-
-
-def _start_ray(spec: AuditSpec, progress: Progress) -> bool:
-    """Connect to (or start) Ray; True if this call started it and should shut it down."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = spec.run.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return True
-    # Logical CPUs above the core count let several fractional-CPU actor pools and Ray Data's
-    # read/write tasks coexist on a small machine instead of deadlocking on CPU reservations.
-    num_cpus = spec.run.ray_num_cpus or max(os.cpu_count() or 1, 8)
-    progress(f"starting a local Ray with {num_cpus} logical CPUs")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    return True
-
-
-def _check_gpus(spec: AuditSpec, autoscaling: bool, progress: Progress) -> None:
-    """A role that reserves GPUs on a cluster without any would wait forever: say so at once
-    (on a cluster we joined, an autoscaler may still add GPU nodes, so only warn there)."""
-    import ray
-
-    have = ray.cluster_resources().get("GPU", 0)
-    for role in ("generator", "classifier", "embedder"):
-        want = getattr(spec, role).num_gpus
-        if want > 0 and have == 0:
-            message = (f"asks for {want:g} GPU per actor but the Ray cluster has none; set num_gpus: 0 "
-                       f"(device: auto then runs on the CPU) or run on a cluster with GPUs")
-            if not autoscaling:
-                raise SpecError(f"{role}.num_gpus", message)
-            progress(f"warning: {role}.num_gpus {message}; waiting for the autoscaler to add GPU nodes")
 
 
 def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _log) -> RunStore:
@@ -77,10 +43,10 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
     for role in ("generator", "classifier", "embedder"):
         registry.prepare(role, getattr(spec, role), spec, progress)
 
-    started = _start_ray(spec, progress) if spec.run.executor == "ray" else False
+    started = start_ray(spec, progress) if spec.run.executor == "ray" else False
     if spec.run.executor == "ray":
         try:
-            _check_gpus(spec, autoscaling=not started, progress=progress)
+            check_gpus(spec, autoscaling=not started, progress=progress)
         except SpecError:
             if started:
                 import ray
@@ -132,7 +98,7 @@ def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Pr
     result = run_search(counter, settings)
     if spec.captioner is not None and result.flagged:
         progress(f"captioning the top {min(spec.search.top_k, len(result.flagged))} flagged slices")
-        caption_slices(result.flagged, store, spec, features, spec.search.top_k)
+        caption_flagged(result.flagged, store, spec, features, spec.search.top_k, progress)
     report = build_report(result, spec.to_dict()["search"], features, name=spec.name,
                           **({"filter": filtered} if filtered else {}))
     write_report(store.report_path, report)

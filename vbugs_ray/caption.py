@@ -69,3 +69,41 @@ def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, featur
         outside = rng.permutation(np.nonzero(~mask)[0])[:k]
         item["caption"] = captioner.caption_images(load_images(store, row_ids[inside]),
                                                    load_images(store, row_ids[outside]))
+
+
+def _caption_task(flagged: list[dict], run_dir: str, spec_dict: dict, features: list[str]) -> list:
+    """Runs in a Ray task on a node with the captioner's GPU; returns one caption (or None) per slice."""
+    from vbugs_ray.spec import parse_spec
+
+    caption_slices(flagged, RunStore(run_dir), parse_spec(spec_dict), features, len(flagged))
+    return [item.get("caption") for item in flagged]
+
+
+def caption_flagged(flagged: list[dict], store: RunStore, spec: AuditSpec, features: list[str], top_k: int,
+                    progress=lambda _: None) -> None:
+    """Caption the top flagged slices where the captioner belongs: with the Ray executor and a
+    captioner that reserves GPUs (``captioner.num_gpus``), as a Ray task on a GPU node (a cluster
+    job's driver often has none; the run directory must be on storage that node can read);
+    otherwise in this process."""
+    role = spec.captioner
+    if role is None or not flagged:
+        return
+    if spec.run.executor != "ray" or role.num_gpus == 0:
+        caption_slices(flagged, store, spec, features, top_k)
+        return
+    import ray
+
+    from vbugs_ray.raycluster import check_gpus, start_ray
+
+    started = start_ray(spec, progress)
+    try:
+        check_gpus(spec, autoscaling=not started, progress=progress)
+        task = ray.remote(num_gpus=role.num_gpus, num_cpus=role.num_cpus)(_caption_task)
+        top = [dict(item) for item in flagged[:top_k]]
+        captions = ray.get(task.remote(top, str(store.root.resolve()), spec.to_dict(), features))
+    finally:
+        if started:
+            ray.shutdown()
+    for item, caption in zip(flagged, captions):
+        if caption:
+            item["caption"] = caption
