@@ -19,10 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from vbugs_ray.slices.encode import MISSING, OTHER
+from vbugs_ray.slices.encode import Encoding, build_encodings, is_numeric, profile_table
 from vbugs_ray.slices.lattice import SliceCounts, count_children, merge_children, residual_counts
 
-_SAMPLE_PER_SHARD = 20_000
 
 
 def parquet_files(path: str | Path) -> list[str]:
@@ -71,7 +70,7 @@ def _read(piece: tuple[str, list[int]], columns: list[str], valid_col: str | Non
     small integer indices, which is all the encoding needs."""
     file, groups = piece
     schema = pq.read_schema(file)
-    text = [c for c in columns if not _is_numeric(schema.field(c).type) and not pa.types.is_boolean(schema.field(c).type)]
+    text = [c for c in columns if not is_numeric(schema.field(c).type) and not pa.types.is_boolean(schema.field(c).type)]
     handle = pq.ParquetFile(file, read_dictionary=text)
     if valid_col is None:
         return handle.read_row_groups(groups, columns=columns)
@@ -79,99 +78,9 @@ def _read(piece: tuple[str, list[int]], columns: list[str], valid_col: str | Non
     return table.filter(pc.fill_null(table.column(valid_col), False)).select(columns)
 
 
-def _dictionary_chunks(column: pa.ChunkedArray):
-    """(distinct values as strings, per-row index into them with -1 for null) for each chunk."""
-    for chunk in column.chunks:
-        if not pa.types.is_dictionary(chunk.type):
-            chunk = chunk.dictionary_encode()
-        values = chunk.dictionary.cast(pa.string()).to_pylist()
-        yield values, pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _is_numeric(type_: pa.DataType) -> bool:
-    return pa.types.is_floating(type_) or pa.types.is_integer(type_)
-
-
 def _profile(piece: tuple[str, list[int]], features: Sequence[str], valid_col: str | None = None) -> dict:
     """Per feature: value -> count (categorical) or a random sample (numeric) of one shard."""
-    table = _read(piece, list(features), valid_col)
-    out = {}
-    rng = np.random.default_rng([len(piece[0]), *piece[1]])
-    for name in features:
-        column = table.column(name)
-        if _is_numeric(column.type):
-            values = column.to_numpy(zero_copy_only=False).astype(np.float64)
-            distinct = np.unique(values[np.isfinite(values)])
-            take = min(len(values), _SAMPLE_PER_SHARD)
-            out[name] = ("numeric", rng.choice(values, take, replace=False) if take else values,
-                         distinct if len(distinct) <= 1000 else None, bool((~np.isfinite(values)).any()))
-        else:
-            totals: dict[str, int] = {}
-            for values, index in _dictionary_chunks(column):
-                counts = np.bincount(index + 1, minlength=len(values) + 1)  # slot 0: nulls
-                for value, count in zip([MISSING, *[MISSING if v is None else v for v in values]], counts.tolist()):
-                    if count:
-                        totals[value] = totals.get(value, 0) + count
-            out[name] = ("categorical", totals, None, False)
-    return out
-
-
-class Encoding:
-    """How one feature's raw values map to codes: a label list plus bin edges or a value table."""
-
-    def __init__(self, labels: list[str], edges: np.ndarray | None = None, index: dict | None = None):
-        self.labels, self.edges, self.index = labels, edges, index
-
-    def encode(self, column: pa.ChunkedArray) -> np.ndarray:
-        if self.edges is not None:
-            x = column.to_numpy(zero_copy_only=False).astype(np.float64)
-            codes = np.searchsorted(self.edges, x, side="right")
-            if MISSING in self.labels:
-                codes[~np.isfinite(x)] = self.labels.index(MISSING)
-            return codes.astype(np.int16)
-        other = self.labels.index(OTHER) if OTHER in self.labels else -1
-        parts = []
-        for values, index in _dictionary_chunks(column):
-            # one code per distinct value, then one lookup per row; the last slot is for nulls
-            lookup = [self.index.get(MISSING if v is None else v, other) for v in values]
-            table = np.array([*lookup, self.index.get(MISSING, other)], np.int16)
-            parts.append(table[index])
-        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
-
-
-def build_encodings(profiles: list[dict], features: Sequence[str], max_values: int, n_bins: int) -> list[Encoding]:
-    encodings = []
-    for name in features:
-        kind = profiles[0][name][0]
-        if kind == "numeric":
-            distinct = [p[name][2] for p in profiles]
-            if all(d is not None for d in distinct) and len(np.unique(np.concatenate(distinct))) <= max_values:
-                values = np.unique(np.concatenate(distinct))  # few integer-like values: one code each
-                edges = values[1:]
-                labels = [f"{v:g}" for v in values]
-            else:
-                sample = np.concatenate([p[name][1] for p in profiles])
-                sample = sample[np.isfinite(sample)]
-                bounds = np.unique(np.quantile(sample, np.linspace(0, 1, n_bins + 1)))
-                edges = bounds[1:-1]
-                labels = [f"[{lo:.4g}, {hi:.4g}{']' if i == len(bounds) - 2 else ')'}"
-                          for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
-            if any(p[name][3] for p in profiles):
-                labels.append(MISSING)
-            encodings.append(Encoding(labels, edges=edges))
-            continue
-        totals: dict[str, int] = {}
-        for p in profiles:
-            for value, count in p[name][1].items():
-                totals[value] = totals.get(value, 0) + count
-        ranked = sorted(totals, key=lambda v: (-totals[v], v))
-        if len(ranked) > max_values:
-            kept = sorted(ranked[: max_values - 1])
-            labels = kept + [OTHER]
-        else:
-            labels = sorted(ranked)
-        encodings.append(Encoding(labels, index={v: i for i, v in enumerate(labels) if v != OTHER}))
-    return encodings
+    return profile_table(_read(piece, list(features), valid_col), features, seed=[len(piece[0]), *piece[1]])
 
 
 def _encode_shard(piece: tuple[str, list[int]], features: Sequence[str], encodings: list[Encoding], error_col: str,
