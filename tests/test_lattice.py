@@ -21,15 +21,15 @@ def _features(rng, n, n_features=8, card=5):
     return {f"f{j}": rng.integers(0, card, n).astype(str) for j in range(n_features)}
 
 
-def _planted(rng, n, slices, base=0.05, n_features=8, card=5):
-    """A table with planted slices (dicts feature -> value) of raised error rate (3.5x base)."""
+def _planted(rng, n, slices, base=0.05, n_features=8, card=5, ratio=3.5):
+    """A table with planted slices (dicts feature -> value) of raised error rate (``ratio`` x base)."""
     cols = _features(rng, n, n_features, card)
     p = np.full(n, base)
     for planted in slices:
         inside = np.ones(n, bool)
         for f, v in planted.items():
             inside &= cols[f] == v
-        p[inside] = 3.5 * base
+        p[inside] = ratio * base
     return cols, rng.random(n) < p
 
 
@@ -90,12 +90,17 @@ def test_calibration_independent_errors(fdr, prune):
     assert any_flagged <= limit, f"{fdr}, {prune}: {any_flagged}/{runs} null runs flagged something"
 
 
-def test_power_orders_one_to_three_at_100k_rows():
+@pytest.mark.parametrize("ratio, min_effect", [(3.5, 0.2), (3.0, 0.0)])
+def test_power_orders_one_to_three_at_100k_rows(ratio, min_effect):
+    """Planted slices of order 1-3 (supports 20%, 4%, 0.8%) at 3.5x and at the issue's floor of 3x
+    the base rate are all found. At 3x, with other failures raising the complement's error rate,
+    the order-3 slice's effect size is about 0.19, under SliceFinder's default min_effect of 0.2
+    (an extra filter users may keep), so the floor is checked on the test alone."""
     rng = np.random.default_rng(2024)
     planted = [{"f0": "1"}, {"f2": "3", "f5": "0"}, {"f1": "2", "f4": "4", "f7": "1"}]
-    cols, errors = _planted(rng, 100_000, planted, base=0.04)
+    cols, errors = _planted(rng, 100_000, planted, base=0.04, ratio=ratio)
     # the order-3 slice has 100k / 125 = 800 rows (0.8%)
-    result = search_slices(cols, errors, SearchSettings(alpha=0.05, max_order=3))
+    result = search_slices(cols, errors, SearchSettings(alpha=0.05, max_order=3, min_effect=min_effect))
     top = [s["predicates"] for s in result.flagged[:10]]
     for p in planted:
         assert p in top, f"planted slice {p} not in the top 10: {top}"
