@@ -311,11 +311,12 @@ def _interacts(keys: list[Key], n: np.ndarray, k: np.ndarray, seen: dict, n_tota
 
 def _search_elevated(counter: Counter, min_support: int, max_order: int, expand_alpha: float
                      ) -> tuple[Evaluated, int]:
-    """Best-first by evidence: a slice is a candidate when one of its parents is *expandable*,
-    i.e. fails more than the rest of the table and more than the rest of each evaluated parent
-    (both one-sided, p <= ``expand_alpha``). The second test is SliceFinder's insight turned
-    into pruning: the sub-slices of one strong failure (failure AND any other predicate) are not
-    worse than the failure itself, so they are tested but never expanded."""
+    """Led by evidence: a slice is a candidate when one of its parents is *expandable*, i.e. fails
+    more than the rest of the table (one-sided, p <= ``expand_alpha``) and, from order 2, each
+    predicate it adds to a parent interacts (``_interacts``, p <= ``INTERACTION_ALPHA``). The
+    second test is SliceFinder's insight turned into pruning: the sub-slices of one strong failure
+    (the failure AND any other predicate), and the overlap of two independent failures, are
+    tested but never expanded. Children are counted from their parent's rows."""
     cards = [len(v) for v in counter.values]
     n_total, k_total, _, _ = counter.totals()
     family = lattice_size(cards, max_order)
