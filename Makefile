@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_VENV := .venv-bench
 
-.PHONY: demo test install clean bench bench-slices
+.PHONY: demo test install clean bench bench-slices bench-generate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_discovery.py
+
+# on a GPU machine: make bench-generate GENERATE_ARGS="--model sd-turbo --images 256 --dtype float16"
+GENERATE_ARGS ?= --images 64 --batch-size 16
+bench-generate: $(STAMP)
+	$(BIN)/python benchmarks/bench_generate.py $(GENERATE_ARGS)
 
 # the slice-search baselines pin numpy<2, so they live in a venv of their own
 $(BENCH_VENV)/.installed:
