@@ -5,6 +5,7 @@ This is the public entry point (``vbugs_ray.audit``); the CLI is a thin shell ar
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -13,13 +14,13 @@ from typing import Callable
 from vbugs_ray.caption import caption_flagged
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import make_executor
-from vbugs_ray.raycluster import check_gpus, start_ray
+from vbugs_ray.raycluster import ray_session
 from vbugs_ray.report import build_report, write_report
 from vbugs_ray.roles import registry
 from vbugs_ray.slices import SearchSettings
 from vbugs_ray.slices.distributed import ShardCounter
 from vbugs_ray.slices.search import run_search
-from vbugs_ray.spec import AuditSpec, SpecError, parse_spec
+from vbugs_ray.spec import AuditSpec, parse_spec
 from vbugs_ray.store import RunStore, plan_shards
 
 Progress = Callable[[str], None]
@@ -43,31 +44,18 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
     for role in ("generator", "classifier", "embedder"):
         registry.prepare(role, getattr(spec, role), spec, progress)
 
-    started = start_ray(spec, progress) if spec.run.executor == "ray" else False
-    if spec.run.executor == "ray":
+    with ray_session(spec, progress) if spec.run.executor == "ray" else contextlib.nullcontext():
+        executor = make_executor(spec)
         try:
-            check_gpus(spec, autoscaling=not started, progress=progress)
-        except SpecError:
-            if started:
-                import ray
-
-                ray.shutdown()
-            raise
-    executor = make_executor(spec)
-    try:
-        t0 = time.time()
-        for n_done, (index, start, stop) in enumerate(pending, 1):
-            staging = store.begin_shard(index)
-            executor.run_shard(grid.slice(start, stop - start), staging)
-            store.commit_shard(index)
-            progress(f"shard {index + 1}/{len(shards)} written ({stop - start} rows; "
-                     f"{n_done}/{len(pending)} pending done, {time.time() - t0:.0f}s)")
-    finally:
-        executor.close()
-        if started:
-            import ray
-
-            ray.shutdown()
+            t0 = time.time()
+            for n_done, (index, start, stop) in enumerate(pending, 1):
+                staging = store.begin_shard(index)
+                executor.run_shard(grid.slice(start, stop - start), staging)
+                store.commit_shard(index)
+                progress(f"shard {index + 1}/{len(shards)} written ({stop - start} rows; "
+                         f"{n_done}/{len(pending)} pending done, {time.time() - t0:.0f}s)")
+        finally:
+            executor.close()
     return store
 
 

@@ -111,17 +111,12 @@ def caption_flagged(flagged: list[dict], store: RunStore, spec: AuditSpec, featu
         return
     import ray
 
-    from vbugs_ray.raycluster import check_gpus, start_ray
+    from vbugs_ray.raycluster import ray_session
 
-    started = start_ray(spec, progress)
-    try:
-        check_gpus(spec, autoscaling=not started, progress=progress)
+    with ray_session(spec, progress):
         task = ray.remote(num_gpus=role.num_gpus, num_cpus=role.num_cpus)(_caption_task)
         top = [dict(item) for item in flagged[:top_k]]
         captions = ray.get(task.remote(top, str(store.root.resolve()), spec.to_dict(), features))
-    finally:
-        if started:
-            ray.shutdown()
     for item, caption in zip(flagged, captions):
         if caption:
             item["caption"] = caption

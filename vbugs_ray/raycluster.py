@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 from vbugs_ray.spec import AuditSpec, SpecError
 
@@ -43,3 +44,18 @@ def check_gpus(spec: AuditSpec, autoscaling: bool, progress: Progress) -> None:
             if not autoscaling:
                 raise SpecError(f"{role}.num_gpus", message)
             progress(f"warning: {role}.num_gpus {message}; waiting for the autoscaler to add GPU nodes")
+
+
+@contextlib.contextmanager
+def ray_session(spec: AuditSpec, progress: Progress) -> Iterator[None]:
+    """Ray for one step of an audit: joined or started, its GPUs checked, and shut down afterwards
+    if this call started it."""
+    started = start_ray(spec, progress)
+    try:
+        check_gpus(spec, autoscaling=not started, progress=progress)
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()

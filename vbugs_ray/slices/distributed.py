@@ -203,16 +203,18 @@ class ShardCounter:
         return tuple(int(x) for x in np.sum(np.asarray(parts, np.int64), axis=0))
 
 
-def _shard_children(shard: dict, cards, parents) -> dict:
+def _error_mask(shard: dict) -> np.ndarray:
     error = np.zeros(shard["codes"].shape[1], bool)
     error[shard["error_rows"]] = True
-    return count_children(shard["codes"], error, shard["loss"], cards, parents)
+    return error
+
+
+def _shard_children(shard: dict, cards, parents) -> dict:
+    return count_children(shard["codes"], _error_mask(shard), shard["loss"], cards, parents)
 
 
 def _shard_residual(shard: dict, slice_, others) -> tuple[int, int, int, int]:
-    error = np.zeros(shard["codes"].shape[1], bool)
-    error[shard["error_rows"]] = True
-    return residual_counts(shard["codes"], error, slice_, others)
+    return residual_counts(shard["codes"], _error_mask(shard), slice_, others)
 
 
 def _shard_totals(shard: dict) -> tuple[float, float, float, float]:

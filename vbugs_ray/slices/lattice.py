@@ -84,10 +84,7 @@ def count_children(codes, error: np.ndarray, loss: np.ndarray | None, cards: Seq
     not a pass over the table). Returns parent -> feature -> SliceCounts over that feature's values."""
     out = {}
     for key in parents:
-        mask = codes[key[0][0]] == key[0][1]
-        for f, v in key[1:]:
-            mask &= codes[f] == v
-        rows = np.nonzero(mask)[0]
+        rows = np.nonzero(_mask(codes, len(error), key))[0]
         err_rows = rows[error[rows]]
         used = {f for f, _ in key}
         by_feature = {}
@@ -140,6 +137,7 @@ class TableCounter:
                  error: np.ndarray, loss: np.ndarray | None = None):
         self.names, self.values, self.codes = names, values, codes
         self.error = np.asarray(error, np.float64)
+        self.is_error = self.error.astype(bool)  # the row filters of residuals and children take a mask
         self.loss = None if loss is None else np.asarray(loss, np.float64)
 
     def totals(self) -> tuple[int, int, float, float]:
@@ -152,10 +150,10 @@ class TableCounter:
                 for c in combos}
 
     def count_residual(self, slice_, others):
-        return residual_counts(self.codes, self.error.astype(bool), slice_, others)
+        return residual_counts(self.codes, self.is_error, slice_, others)
 
     def count_children(self, parents):
-        return count_children(self.codes, self.error.astype(bool), self.loss, [len(v) for v in self.values], parents)
+        return count_children(self.codes, self.is_error, self.loss, [len(v) for v in self.values], parents)
 
 
 def _mask(codes, n_rows: int, conjunction) -> np.ndarray:

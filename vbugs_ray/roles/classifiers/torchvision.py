@@ -52,7 +52,6 @@ class TorchvisionClassifier(TorchImageClassifier):
         if "preprocess" in opts:
             parse_preprocess(opts["preprocess"], f"{FIELD}.preprocess")
         positive_int(opts, "num_classes", FIELD)
-        cls._labels(opts, weights)
         class_map_for(spec, opts, cls._labels(opts, weights), opts.get("num_classes"))
 
     @staticmethod
