@@ -33,11 +33,11 @@ TOP = 10
 
 def _run_vbugs(table: str, features: list[str], prune: str = "auto") -> tuple[list[dict], dict]:
     sys.path.insert(0, str(ROOT))
-    from vbugs_ray.slices.table import search_table
+    from vbugs_ray.slices.settings import SearchSettings
+    from vbugs_ray.table import search_table
 
-    search = {"alpha": 0.05, "min_support": 20, "max_order": 3, "min_effect": 0.2, "fdr": "bh", "top_k": TOP,
-              "prune": prune}
-    report = search_table(table, "error", None, features, search, None)
+    settings = SearchSettings(alpha=0.05, min_support=20, max_order=3, min_effect=0.2, fdr="bh", top_k=TOP, prune=prune)
+    report = search_table(table, "error", None, features, settings, None)
     flagged = [s["predicates"] for s in report["flagged_slices"]]
     return flagged, {"evaluated": report["evaluated_slices"], "lattice": report["lattice_size"],
                      "n_flagged": len(flagged)}

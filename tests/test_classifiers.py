@@ -12,9 +12,11 @@ import yaml
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import ClassifyStage, GenerateStage
 from vbugs_ray.roles import registry
-from vbugs_ray.roles.classifiers.labels import build_class_map, imagenet_names
+from vbugs_ray.roles.classifiers._labels import build_class_map, imagenet_names
 from vbugs_ray.roles.preprocess import EvalTransform
-from vbugs_ray.spec import SpecError, parse_spec
+from vbugs_ray.errors import SpecError
+from vbugs_ray.roles.registry import validate_backends
+from vbugs_ray.spec import parse_spec
 from vbugs_ray.tiny import save_timm_classifier, tiny_convnet
 
 # toy-world classes mapped onto ImageNet outputs; 'ring' is a superclass of 3 outputs
@@ -24,7 +26,7 @@ IMAGENET_MAP = {"circle": 0, "square": 1, "triangle": 2, "star": 3, "cross": 4, 
 def _spec(spec_dict, classifier):
     spec_dict["classifier"] = classifier
     spec_dict["budget"] = 48
-    return parse_spec(spec_dict)
+    return validate_backends(parse_spec(spec_dict))
 
 
 def _images(spec, n=12):

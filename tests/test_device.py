@@ -11,7 +11,8 @@ import yaml
 from vbugs_ray.raycluster import check_gpus
 from vbugs_ray.cli import user_error
 from vbugs_ray.roles.device import resolve_device, resolve_dtype
-from vbugs_ray.spec import RoleSpec, SpecError, parse_spec
+from vbugs_ray.errors import SpecError
+from vbugs_ray.spec import RoleSpec, parse_spec
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA paths")
 
@@ -64,10 +65,10 @@ def test_gpu_reservations_on_a_cluster_without_gpus(tiny_spec_dict, monkeypatch)
     spec = parse_spec(tiny_spec_dict)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
     with pytest.raises(SpecError) as err:  # a local Ray we started: it would wait forever
-        check_gpus(spec, autoscaling=False, progress=lambda _: None)
+        check_gpus({"generator": spec.generator.num_gpus}, autoscaling=False, progress=lambda _: None)
     assert err.value.field == "generator.num_gpus"
     said = []
-    check_gpus(spec, autoscaling=True, progress=said.append)  # a joined cluster may still scale up
+    check_gpus({"generator": spec.generator.num_gpus}, autoscaling=True, progress=said.append)  # a joined cluster may still scale up
     assert said and said[0].startswith("warning: generator.num_gpus")
 
 

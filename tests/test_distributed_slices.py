@@ -9,8 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vbugs_ray.slices import SearchSettings, search_slices
-from vbugs_ray.slices.distributed import ShardCounter
+from vbugs_ray.slices import SearchSettings
+from vbugs_ray.slices.search import search_slices
+from vbugs_ray.raycluster import RayRunner
+from vbugs_ray.slices.parquet import parquet_counter, parquet_files, shard_pieces
 from vbugs_ray.slices.search import run_search
 
 
@@ -35,10 +37,11 @@ def test_shards_give_the_same_result_as_one_table(sharded_table, ray_session):
     root, cols, error, loss = sharded_table
     features = [f"f{j}" for j in range(5)] + ["bucket"]
     settings = SearchSettings(max_order=3)
-    counter = ShardCounter(root, "error", features, "loss", use_ray=True)  # small: would run in-process
-    assert len(counter.pieces) == 4 and counter.runner.__class__.__name__ == "_RayRunner"
+    pieces = shard_pieces(parquet_files(root), target_rows=10_000)  # one shard per file
+    assert len(pieces) == 4
+    counter = parquet_counter(pieces, "error", features, "loss", runner=RayRunner())
     sharded = run_search(counter, settings)
-    in_process = run_search(ShardCounter(root, "error", features, "loss", use_ray=False), settings)
+    in_process = run_search(parquet_counter(pieces, "error", features, "loss"), settings)
     key = lambda r: [(s["predicates"], s["n"], s["errors"], s["explained_by"]) for s in r.flagged]
     assert key(in_process) == key(sharded)  # loss sums differ only by float summation order
     local = search_slices({f: cols[f].astype(str) for f in features}, error, settings, loss=loss)
@@ -52,7 +55,8 @@ def test_shards_give_the_same_result_as_one_table(sharded_table, ray_session):
 
 def test_numeric_columns_are_binned(sharded_table, ray_session):
     root, *_ = sharded_table
-    counter = ShardCounter(root, "error", ["score"], n_bins=5, use_ray=True)
+    pieces = shard_pieces(parquet_files(root), target_rows=10_000)
+    counter = parquet_counter(pieces, "error", ["score"], n_bins=5, runner=RayRunner())
     assert len(counter.values[0]) == 5  # five quantile bins
     counts = counter.count([(0,)])[(0,)]
     assert counts.n[:5].tolist() == pytest.approx([8000] * 5, abs=400)

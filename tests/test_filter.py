@@ -8,8 +8,9 @@ import pytest
 
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import EmbedStage, GenerateStage
-from vbugs_ray.slices.distributed import ShardCounter
-from vbugs_ray.spec import SpecError, parse_spec
+from vbugs_ray.slices.parquet import parquet_counter, parquet_files, shard_pieces
+from vbugs_ray.errors import SpecError
+from vbugs_ray.spec import parse_spec
 
 
 @pytest.mark.slow
@@ -43,7 +44,7 @@ def test_invalid_rows_are_left_out_of_slice_counts(tmp_path):
     valid = rng.random(n) < 0.8
     error[(colour == "red") & ~valid] = True  # every invalid red row fails: it must not count
     pq.write_table(pa.table({"colour": colour, "error": error, "valid": valid}), tmp_path / "t.parquet")
-    counter = ShardCounter(tmp_path, "error", ["colour"], valid_col="valid")
+    counter = parquet_counter(shard_pieces(parquet_files(tmp_path)), "error", ["colour"], valid_col="valid")
     n_rows, n_errors, _, _ = counter.totals()
     assert (n_rows, n_errors) == (int(valid.sum()), int(error[valid].sum()))
     counts = counter.count([(0,)])[(0,)]

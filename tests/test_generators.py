@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from vbugs_ray.roles import registry
-from vbugs_ray.spec import SpecError, parse_spec
+from vbugs_ray.errors import SpecError
+from vbugs_ray.roles.registry import validate_backends
+from vbugs_ray.spec import parse_spec
 
 
 def _generator(tiny_spec_dict, **options):
@@ -65,7 +67,7 @@ def test_bad_generator_options_name_the_field(tiny_spec_dict, tmp_path):
         spec_dict = {**tiny_spec_dict, "generator": {**tiny_spec_dict["generator"],
                                                      "options": {**tiny_spec_dict["generator"]["options"], **options}}}
         with pytest.raises(SpecError) as err:
-            parse_spec(spec_dict)
+            validate_backends(parse_spec(spec_dict))
         assert err.value.field == field, options
     with pytest.raises(SpecError, match="cannot read textual-inversion file") as err:
         _generator(tiny_spec_dict, tokens={"<a>": str(bad_token)})

@@ -11,9 +11,10 @@ import pytest
 
 from vbugs_ray.audit import audit, find_slices, generate_rows
 from vbugs_ray.grid import build_grid
-from vbugs_ray.pipeline import ClassifyStage, EmbedStage, GenerateStage, ToRowsStage
+from vbugs_ray.pipeline import ClassifyStage, EmbedStage, GenerateStage
 from vbugs_ray.spec import parse_spec
-from vbugs_ray.store import RunStore, RunStoreError
+from vbugs_ray.errors import RunStoreError
+from vbugs_ray.store import RunStore, rows_table
 
 
 def _small_spec(spec_dict, budget=480, shard_rows=200, executor="ray"):
@@ -39,16 +40,16 @@ def test_stages_on_a_plain_batch(spec_dict):
     batch = GenerateStage(spec)(batch)
     assert batch["image"].shape == (12, 64, 64, 3) and batch["image"].dtype == np.uint8
     batch["image"].setflags(write=False)
+    batch = EmbedStage(spec)(batch)
+    assert batch["embedding"].shape[0] == 12 and batch["valid"].all()
+    np.testing.assert_allclose(np.linalg.norm(batch["embedding"], axis=1), 1.0, rtol=1e-4)
     batch = ClassifyStage(spec)(batch)
     assert set(batch["pred"]) <= set(spec.classes)
     assert np.all((batch["p_true"] >= 0) & (batch["p_true"] <= 1))
     np.testing.assert_allclose(batch["loss"], -np.log(np.clip(batch["p_true"], 1e-12, 1)), rtol=1e-5)
     assert all(len(t.split("\t")) == 5 for t in batch["top5"])
     np.testing.assert_array_equal(batch["error"], batch["pred_label"] != batch["label"])
-    batch = EmbedStage(spec)(batch)
-    assert batch["embedding"].shape[0] == 12
-    np.testing.assert_allclose(np.linalg.norm(batch["embedding"], axis=1), 1.0, rtol=1e-4)
-    table = ToRowsStage(spec)(batch)
+    table = rows_table(batch)
     row = table.slice(0, 1).to_pylist()[0]
     assert row["image_png"][:8] == b"\x89PNG\r\n\x1a\n"
     assert row["top5"][0] == row["pred"] and len(row["embedding"]) == batch["embedding"].shape[1]

@@ -25,7 +25,7 @@ def test_rank_captions_prefers_words_the_slice_has_and_the_rest_lacks():
 
 def test_transformers_captioner_loads_a_saved_folder(tiny_spec_dict):
     spec = parse_spec(tiny_spec_dict)
-    captioner = registry.create_captioner(spec.captioner, spec)
+    captioner = registry.create("captioner", spec.captioner, spec)
     images = (np.random.default_rng(0).random((3, 64, 64, 3)) * 255).astype(np.uint8)
     captions = captioner.caption_each(images)
     assert len(captions) == 3 and all(isinstance(c, str) and c for c in captions)
@@ -86,9 +86,9 @@ def test_retrieval_captioner_works_with_any_embedder(tiny_spec_dict):
     tiny_spec_dict["captioner"] = {"backend": "retrieval", "options": {"top_phrases": 2}}
     spec = parse_spec(tiny_spec_dict)
     embedder = registry.create("embedder", spec.embedder, spec)
-    captioner = registry.create_captioner(spec.captioner, spec, embedder)
+    captioner = registry.create("captioner", spec.captioner, spec, embedder=embedder)
     images = (np.random.default_rng(0).random((8, 64, 64, 3)) * 255).astype(np.uint8)
     emb = embedder.embed_images(images)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-4)
-    caption = captioner.caption(emb[:4], emb[4:])
+    caption = captioner.rank(emb[:4], emb[4:])
     assert len(caption) == 2 and set(caption) <= {"cat", "dog", "on grass", "in the snow", "in daylight", "at night"}

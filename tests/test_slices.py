@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from vbugs_ray.slices import SearchSettings, search_slices
+from vbugs_ray.slices import SearchSettings
+from vbugs_ray.slices.search import search_slices
 from vbugs_ray.slices import stats
 
 
@@ -61,7 +62,7 @@ def test_power_planted_order_two_slice():
     assert top["n"] == int(inside.sum()) and top["errors"] == int(errors[inside].sum())
     assert top["q_value"] <= 0.05 and top["error_rate"] > top["complement_error_rate"]
     assert top["ci_low"] <= top["error_rate"] <= top["ci_high"]
-    assert result.lattice_size == 4 * 4 + 6 * 16 and result.n_tested <= result.lattice_size
+    assert result.lattice_size == 4 * 4 + 6 * 16 and result.evaluated <= result.lattice_size
 
 
 def test_min_support_and_effect_filter():
@@ -69,7 +70,7 @@ def test_min_support_and_effect_filter():
     cols = _table(rng, n=3000)
     errors = rng.random(3000) < 0.05
     big = search_slices(cols, errors, SearchSettings(min_support=10_000))
-    assert big.n_tested == 0 and big.flagged == []
+    assert big.evaluated == 0 and big.flagged == []
     inside = cols["f0"] == "1"
     errors = np.where(inside, rng.random(3000) < 0.09, errors)  # significant but small effect
     strict = search_slices(cols, errors, SearchSettings(min_effect=5.0))

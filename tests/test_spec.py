@@ -1,7 +1,9 @@
 import pytest
 
 from vbugs_ray.grid import build_grid, n_cells
-from vbugs_ray.spec import SpecError, load_spec, parse_spec
+from vbugs_ray.errors import SpecError
+from vbugs_ray.roles.registry import validate_backends
+from vbugs_ray.spec import load_spec, parse_spec
 
 
 def test_default_spec_loads(default_spec):
@@ -46,7 +48,7 @@ _DELETE = object()
         ("classifier.options.bugs", [{"where": {"class": "star"}}], "classifier.options.bugs[0]", "give keep"),
         ("classifier.options.bugs", [{"where": {"class": "star"}, "keep": 1.5}], "classifier.options.bugs[0].keep", "[0, 1)"),
         ("classifier.options.bugs", [{"where": {"colour": "mauve"}, "keep": 0.1}], "classifier.options.bugs[0].where.colour", "unknown value"),
-        ("classifier.options.epochs", 0, "classifier.options.epochs", "integer >= 1"),
+        ("classifier.options.epochs", 0, "classifier.options.epochs", "must be >= 1"),
         ("classifier.batch_size", "big", "classifier.batch_size", "expected an integer"),
         ("classifier.device", "tpu", "classifier.device", "expected auto, cpu"),
         ("run.executor", "spark", "run.executor", "allowed: ray, local"),
@@ -62,7 +64,7 @@ def test_spec_errors_name_the_field(spec_dict, path, value, field, words):
         spec_dict["prompt"] += " {weather}"
     spec_dict["embedder"].setdefault("options", {})
     with pytest.raises(SpecError) as err:
-        parse_spec(_mutate(spec_dict, path, value))
+        validate_backends(parse_spec(_mutate(spec_dict, path, value)))
     message = str(err.value)
     assert err.value.field == field
     assert message.startswith(f"spec field '{field}':")

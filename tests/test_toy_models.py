@@ -53,7 +53,8 @@ def test_planted_bias_training_plants_the_bugs(default_spec):
     """The default spec's classifier fails more where the bugs are planted than elsewhere."""
     from vbugs_ray.roles.classifiers.toyworld_cnn import training_config
 
-    model = toy.load_or_train(training_config(default_spec.classifier, default_spec))
+    options = registry.options_of("classifier", default_spec.classifier)
+    model = toy.load_or_train(training_config(options, default_spec))
     rng = np.random.default_rng(11)
     star_night = renderer.sample_properties(300, rng, fixed={"class": ["star"], "lighting": ["night"]})
     square_off_grass = renderer.sample_properties(300, rng, fixed={"class": ["square"],
@@ -87,10 +88,10 @@ def test_toy_clip_zero_shot(default_spec):
 @pytest.mark.slow
 def test_retrieval_captioner_names_what_sets_a_slice_apart(default_spec):
     embedder = registry.create("embedder", default_spec.embedder, default_spec)
-    captioner = registry.create_captioner(default_spec.captioner, default_spec, embedder)
+    captioner = registry.create("captioner", default_spec.captioner, default_spec, embedder=embedder)
     rng = np.random.default_rng(5)
     inside = renderer.sample_properties(200, rng, fixed={"class": ["star"], "lighting": ["night"]})
     rest = renderer.sample_properties(600, rng)
-    caption = captioner.caption(embedder.embed_images(renderer.render(inside, list(range(200)))),
+    caption = captioner.rank(embedder.embed_images(renderer.render(inside, list(range(200)))),
                                 embedder.embed_images(renderer.render(rest, list(range(1000, 1600)))))
     assert set(caption[:2]) == {"star", "at night"}

@@ -11,16 +11,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from vbugs_ray.atomic import atomic_write_json
 from vbugs_ray.caption import caption_flagged
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import make_executor
-from vbugs_ray.raycluster import ray_session
-from vbugs_ray.report import build_report, write_report
-from vbugs_ray.roles import registry
-from vbugs_ray.slices import SearchSettings
-from vbugs_ray.slices.distributed import ShardCounter
+from vbugs_ray.raycluster import ray_session, shard_runner
+from vbugs_ray.report import build_report
+from vbugs_ray.roles.registry import prepare, validate_backends
+from vbugs_ray.slices.parquet import parquet_counter, parquet_files, shard_pieces, spans_shards
 from vbugs_ray.slices.search import run_search
-from vbugs_ray.spec import AuditSpec, parse_spec
+from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec, parse_spec
 from vbugs_ray.store import RunStore, plan_shards
 
 Progress = Callable[[str], None]
@@ -32,6 +32,7 @@ def _log(message: str) -> None:
 
 def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _log) -> RunStore:
     """Fill the run store with every grid row (resumes: finished shards are skipped)."""
+    validate_backends(spec)
     store = RunStore(run_dir)
     store.open_for(spec)
     grid = build_grid(spec)
@@ -41,10 +42,11 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
     progress(f"{grid.num_rows} images in {len(shards)} shards; {len(shards) - len(pending)} already done")
     if not pending:
         return store
-    for role in ("generator", "classifier", "embedder"):
-        registry.prepare(role, getattr(spec, role), spec, progress)
+    for role in PIPELINE_ROLES:
+        prepare(role, getattr(spec, role), spec, progress)
 
-    with ray_session(spec, progress) if spec.run.executor == "ray" else contextlib.nullcontext():
+    gpus = {role: getattr(spec, role).num_gpus for role in PIPELINE_ROLES}
+    with ray_session(spec.run, progress, gpus) if spec.run.executor == "ray" else contextlib.nullcontext():
         executor = make_executor(spec)
         try:
             t0 = time.time()
@@ -72,26 +74,30 @@ def filter_summary(store: RunStore) -> dict | None:
     return {"n_generated": int(len(valid)), "n_invalid": int((~valid).sum()), "invalid_reasons": reasons}
 
 
-def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log) -> dict:
-    """Run the slice search on a run store and (re)write RUN_DIR/report.json."""
+def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log,
+                caption: bool = True) -> dict:
+    """Run the slice search on a run store and (re)write RUN_DIR/report.json. Needs no model
+    unless ``caption`` (and the spec has a captioner): re-running the statistics of a finished
+    run works wherever its run directory is readable."""
     store = RunStore(run_dir)
     spec = parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path))
     features = ["class", *spec.axis_names]
     filtered = filter_summary(store)  # also a one-line error if the run has no finished shard
-    settings = SearchSettings.from_search(spec.to_dict()["search"])
-    # counts come shard by shard (Ray tasks when the run is large), never the whole table at once;
-    # rows the CLIP filter marked invalid are not counted
-    counter = ShardCounter(store.rows_dir, "error", features, "loss", settings.max_values, settings.n_bins,
-                           valid_col="valid" if filtered else None)
-    result = run_search(counter, settings)
-    if spec.captioner is not None and result.flagged:
-        progress(f"captioning the top {min(spec.search.top_k, len(result.flagged))} flagged slices")
-        caption_flagged(result.flagged, store, spec, features, spec.search.top_k, progress)
-    report = build_report(result, spec.to_dict()["search"], features, name=spec.name,
-                          **({"filter": filtered} if filtered else {}))
-    write_report(store.report_path, report)
+    settings = spec.search
+    pieces = shard_pieces(parquet_files(store.rows_dir))
+    # counts come shard by shard (Ray tasks when the run spans several shards), never the whole
+    # table at once; rows the CLIP filter marked invalid are not counted
+    with shard_runner(spec.run.executor == "ray" and spans_shards(pieces), spec.run, progress) as runner:
+        counter = parquet_counter(pieces, "error", features, "loss", settings.max_values, settings.n_bins, runner,
+                                  valid_col="valid" if filtered else None)
+        result = run_search(counter, settings)
+    if caption and spec.captioner is not None and result.flagged:
+        progress(f"captioning the top {min(settings.top_k, len(result.flagged))} flagged slices")
+        caption_flagged(result.flagged, store, spec, features, settings.top_k, progress)
+    report = build_report(result, settings, features, name=spec.name, **({"filter": filtered} if filtered else {}))
+    atomic_write_json(store.report_path, report)
     invalid = f"; {filtered['n_invalid']} of {filtered['n_generated']} rows marked invalid by the filter" if filtered else ""
-    progress(f"slice search: {result.n_tested} slices tested, {len(result.flagged)} flagged{invalid} -> {store.report_path}")
+    progress(f"slice search: {result.evaluated} slices tested, {len(result.flagged)} flagged{invalid} -> {store.report_path}")
     return report
 
 

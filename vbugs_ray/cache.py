@@ -1,4 +1,5 @@
-"""Where trained toy-world weights live: one file per training spec, written atomically."""
+"""Where trained toy-world weights live: one file per training config, trained on a miss and
+written atomically, so that concurrent actors and interrupted runs never see half a file."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from vbugs_ray.atomic import atomic_write
 
 
 def cache_dir() -> Path:
@@ -18,7 +21,7 @@ def cache_dir() -> Path:
 
 
 def key_of(config: Any) -> str:
-    """Stable short hash of a JSON-able training config."""
+    """Stable short hash of a JSON-able config."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -27,12 +30,13 @@ def cached_file(kind: str, config: Any, suffix: str = ".pt") -> Path:
     return cache_dir() / f"{kind}-{key_of(config)}{suffix}"
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename into place, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def trained(kind: str, config: Any, train: Callable[[], Any], progress: Callable[[str], None]) -> Path:
+    """The cached ``torch.save`` of ``train()`` for ``config``, training first on a cache miss."""
+    path = cached_file(kind, config)
+    if not path.exists():
+        import torch
+
+        progress(f"{kind}: training (cache miss: {path.name})")
+        result = train()
+        atomic_write(path, lambda tmp: torch.save(result, tmp))
+    return path

@@ -1,17 +1,19 @@
 """Describe flagged slices in words.
 
-An embedding captioner (retrieval) ranks phrases for a sample of a slice's images (up to
-``EMBEDDING_SAMPLE``, failures first) against a sample of the rest of the run, in the embedder's
-joint image-text space; an image captioner (transformers) captions a smaller sample the same
-way. Only the sampled rows' embeddings or images are read, never a whole column. Rows the CLIP
-filter marked invalid are left out.
+For each slice to describe, a sample of its rows (failures first) and a sample of the rest of
+the run (``captioner.sample_size`` each) are handed to the captioner as ``StoredRows``: it reads
+the columns it needs (the retrieval captioner: stored embeddings; an image captioner: decoded
+images), and each column is read once for every sample together, never as a whole column. Rows
+the CLIP filter marked invalid are left out.
 """
 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from vbugs_ray.roles import registry
@@ -19,25 +21,56 @@ from vbugs_ray.spec import AuditSpec
 from vbugs_ray.store import RunStore
 
 
-def load_images(store: RunStore, row_ids: np.ndarray) -> np.ndarray:
-    """Decoded images (N, H, W, 3) of the given rows, in the given order."""
-    from PIL import Image
+class _ColumnReader:
+    """Reads a column for the union of every sample's rows the first time any sample asks."""
 
-    wanted = [int(r) for r in row_ids]
-    table = store.dataset().to_table(columns=["row_id", "image_png"], filter=pc.field("row_id").isin(wanted))
-    by_id = dict(zip(table.column("row_id").to_pylist(), table.column("image_png").to_pylist()))
-    return np.stack([np.asarray(Image.open(io.BytesIO(by_id[r])).convert("RGB")) for r in wanted])
+    def __init__(self, store: RunStore):
+        self.store, self.wanted, self.cache = store, set(), {}
+
+    def add(self, row_ids: np.ndarray) -> None:
+        self.wanted.update(int(r) for r in row_ids)
+
+    def values(self, column: str, row_ids: np.ndarray) -> list[Any]:
+        if column not in self.cache:
+            ids = sorted(self.wanted)
+            table = self.store.dataset().to_table(columns=["row_id", column], filter=pc.field("row_id").isin(ids))
+            values = table.column(column).combine_chunks()
+            if pa.types.is_fixed_size_list(values.type):  # embeddings: one numpy row each
+                values = values.flatten().to_numpy().reshape(len(values), values.type.list_size)
+            else:
+                values = values.to_pylist()
+            self.cache[column] = dict(zip(table.column("row_id").to_pylist(), values))
+        return [self.cache[column][int(r)] for r in row_ids]
 
 
-EMBEDDING_SAMPLE = 2048  # rows per side (slice / rest) the retrieval captioner compares
+class StoredRows:
+    """Rows of the run store a captioner describes (roles.protocols.RowSample)."""
+
+    def __init__(self, row_ids: np.ndarray, reader: _ColumnReader):
+        self.row_ids, self._reader = np.asarray(row_ids, np.int64), reader
+        reader.add(self.row_ids)
+
+    def embeddings(self) -> np.ndarray:
+        return np.asarray(self._reader.values("embedding", self.row_ids), np.float32)
+
+    def images(self) -> np.ndarray:
+        from PIL import Image
+
+        return np.stack([np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+                         for png in self._reader.values("image_png", self.row_ids)])
 
 
-def load_embeddings(store: RunStore, row_ids: np.ndarray) -> dict[int, np.ndarray]:
-    """Embeddings of the given rows only (a filtered read, never the whole column)."""
-    wanted = sorted({int(r) for r in row_ids})
-    table = store.dataset().to_table(columns=["row_id", "embedding"], filter=pc.field("row_id").isin(wanted))
-    vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)) if table.num_rows else []
-    return dict(zip(table.column("row_id").to_pylist(), vectors))
+class _LazyEmbedder:
+    """The spec's embedder, built only if a captioner embeds something (the retrieval captioner
+    embeds its phrases; an image captioner never does)."""
+
+    def __init__(self, spec: AuditSpec):
+        self.spec, self._embedder = spec, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._embedder is None:
+            self._embedder = registry.create("embedder", self.spec.embedder, self.spec)
+        return getattr(self._embedder, name)
 
 
 def _sample(rows: np.ndarray, errors: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -51,7 +84,6 @@ def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, featur
     """Add ``caption`` (phrases, best first) to the first ``top_k`` flagged slices, in place."""
     if spec.captioner is None or not flagged:
         return
-    uses = registry.backend_class("captioner", spec.captioner.backend).uses
     names = store.dataset().schema.names
     table = store.read(columns=["row_id", "error", *features, *(["valid"] if "valid" in names else [])])
     if "valid" in names:
@@ -59,7 +91,6 @@ def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, featur
     values = {name: table.column(name).to_numpy(zero_copy_only=False).astype(str) for name in features}
     errors = table.column("error").to_numpy(zero_copy_only=False).astype(bool)
     row_ids = table.column("row_id").to_numpy()
-    rng = np.random.default_rng(spec.seed)
     plans = []  # (slice, its row mask) for the slices to caption
     for item in flagged[:top_k]:
         mask = np.ones(len(row_ids), bool)
@@ -69,24 +100,14 @@ def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, featur
             plans.append((item, mask))
     if not plans:
         return
-    if uses == "embeddings":
-        captioner = registry.create_captioner(spec.captioner, spec, registry.create("embedder", spec.embedder, spec))
-    else:
-        captioner = registry.create_captioner(spec.captioner, spec)
-    k = EMBEDDING_SAMPLE if uses == "embeddings" else captioner.images_per_slice
-    sampled = []  # (slice, row ids inside, row ids outside)
-    for item, mask in plans:
-        inside = _sample(np.nonzero(mask)[0], errors, k, rng)
-        outside = rng.permutation(np.nonzero(~mask)[0])[:k]
-        sampled.append((item, row_ids[inside], row_ids[outside]))
-    if uses == "embeddings":
-        vectors = load_embeddings(store, np.concatenate([np.concatenate([a, b]) for _, a, b in sampled]))
-        for item, inside, outside in sampled:
-            item["caption"] = captioner.caption(np.stack([vectors[r] for r in inside]),
-                                                np.stack([vectors[r] for r in outside]))
-        return
-    for item, inside, outside in sampled:
-        item["caption"] = captioner.caption_images(load_images(store, inside), load_images(store, outside))
+    captioner = registry.create("captioner", spec.captioner, spec, embedder=_LazyEmbedder(spec))
+    rng = np.random.default_rng(spec.seed)
+    reader = _ColumnReader(store)
+    k = captioner.sample_size
+    samples = [(item, StoredRows(row_ids[_sample(np.nonzero(mask)[0], errors, k, rng)], reader),
+                StoredRows(row_ids[rng.permutation(np.nonzero(~mask)[0])[:k]], reader)) for item, mask in plans]
+    for item, inside, outside in samples:
+        item["caption"] = captioner.caption(inside, outside)
 
 
 def _caption_task(flagged: list[dict], run_dir: str, spec_dict: dict, features: list[str]) -> list:
@@ -113,7 +134,7 @@ def caption_flagged(flagged: list[dict], store: RunStore, spec: AuditSpec, featu
 
     from vbugs_ray.raycluster import ray_session
 
-    with ray_session(spec, progress):
+    with ray_session(spec.run, progress, {"captioner": role.num_gpus}):
         task = ray.remote(num_gpus=role.num_gpus, num_cpus=role.num_cpus)(_caption_task)
         top = [dict(item) for item in flagged[:top_k]]
         captions = ray.get(task.remote(top, str(store.root.resolve()), spec.to_dict(), features))

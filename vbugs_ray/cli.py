@@ -7,10 +7,13 @@ import json
 import re
 import sys
 
-from vbugs_ray.learn_tokens import TokenError
-from vbugs_ray.spec import DEFAULT_SPEC, SpecError, load_spec
-from vbugs_ray.slices.table import TableError
-from vbugs_ray.store import RunStoreError
+from vbugs_ray.errors import USER_ERRORS, SpecError, TokenError
+from vbugs_ray.slices.settings import FDR_PROCEDURES, PRUNE_MODES, SearchSettings
+from vbugs_ray.spec import DEFAULT_SPEC, load_spec
+
+
+def _log(message: str) -> None:
+    print(f"[vbugs] {message}", file=sys.stderr, flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
 
     slices = sub.add_parser("slices", help="slice search on a run directory, or on any Parquet table (--table)")
     slices.add_argument("run_dir", nargs="?", help="a finished audit's run directory")
+    slices.add_argument("--caption", action="store_true",
+                        help="with a run directory: also caption the top slices (loads the spec's captioner)")
     slices.add_argument("--table", help="any Parquet file or directory of Parquet files instead of a run")
     slices.add_argument("--error-col", default="error", help="with --table: the 0/1 (or bool) error column")
     slices.add_argument("--loss-col", default=None, help="with --table: an optional per-row loss column")
@@ -34,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     slices.add_argument("--alpha", type=float, default=None, help="override search.alpha")
     slices.add_argument("--min-support", type=int, default=None, help="override search.min_support")
     slices.add_argument("--min-effect", type=float, default=None, help="override search.min_effect")
-    slices.add_argument("--fdr", choices=("bh", "alpha_investing"), default=None, help="override search.fdr")
-    slices.add_argument("--prune", choices=("auto", "elevated", "exact", "none"), default=None,
+    slices.add_argument("--fdr", choices=FDR_PROCEDURES, default=None, help="override search.fdr")
+    slices.add_argument("--prune", choices=PRUNE_MODES, default=None,
                         help="override search.prune (auto: elevated from a million rows, exact below; elevated: "
                              "follow failures, a few percent of the lattice; exact: every slice that could be "
                              "flagged; none: everything)")
@@ -75,33 +80,31 @@ def _audit(args) -> int:
     return 0
 
 
-def _search_overrides(args, base: dict) -> dict:
+def _search_overrides(args, base: dict) -> SearchSettings:
     """The search settings with the command line's overrides, checked like a spec file's."""
-    import dataclasses
-
-    from vbugs_ray.spec import parse_search
-
     overrides = {"alpha": args.alpha, "min_support": args.min_support, "min_effect": args.min_effect,
                  "max_order": args.max_order, "fdr": args.fdr, "prune": args.prune}
-    return dataclasses.asdict(parse_search(dict(base, **{k: v for k, v in overrides.items() if v is not None})))
+    return SearchSettings.parse(dict(base, **{k: v for k, v in overrides.items() if v is not None}))
 
 
 def _slices(args) -> int:
+    import dataclasses
+
     from vbugs_ray.report import format_slices
 
     if args.table:
-        from vbugs_ray.slices.table import search_table
+        from vbugs_ray.table import search_table
 
         report = search_table(args.table, args.error_col, args.loss_col,
                               args.features.split(",") if args.features else None,
-                              _search_overrides(args, {}), args.out)
+                              _search_overrides(args, {}), args.out, progress=_log)
     elif args.run_dir:
         from vbugs_ray.audit import find_slices
         from vbugs_ray.store import RunStore
 
         spec_dict = RunStore(args.run_dir).load_spec_dict()
-        spec_dict["search"] = _search_overrides(args, spec_dict["search"])
-        report = find_slices(args.run_dir, spec_dict)
+        spec_dict["search"] = dataclasses.asdict(_search_overrides(args, spec_dict["search"]))
+        report = find_slices(args.run_dir, spec_dict, caption=args.caption)
     else:
         raise SpecError("<command line>", "give a run directory or --table T.parquet")
     print(format_slices(report, args.top))
@@ -116,22 +119,20 @@ def _learn_tokens(args) -> int:
             raise TokenError(f"--{name.replace('_', '-')}: must be >= 1")
     settings = TokenSettings(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                              resolution=args.resolution, mixed_precision=args.mixed_precision, seed=args.seed)
-    out = learn_token(args.model, args.images, args.token, args.init_word, args.out, settings,
-                      progress=lambda m: print(f"[vbugs] {m}", file=sys.stderr, flush=True))
+    out = learn_token(args.model, args.images, args.token, args.init_word, args.out, settings, progress=_log)
     print(json.dumps({"token": args.token, "file": str(out)}))
     return 0
 
 
 def _validate(args) -> int:
     from vbugs_ray.grid import build_grid, n_cells
+    from vbugs_ray.roles.registry import validate_backends
 
     spec = load_spec(args.spec)
+    validate_backends(spec)
     grid = build_grid(spec)
     print(json.dumps({"name": spec.name, "cells": n_cells(spec), "rows": grid.num_rows}))
     return 0
-
-
-USER_ERRORS = (SpecError, RunStoreError, TableError, TokenError)
 
 
 def user_error(exc: BaseException) -> str | None:
@@ -144,7 +145,8 @@ def user_error(exc: BaseException) -> str | None:
         cause = getattr(exc, "cause", None)
         if isinstance(exc, USER_ERRORS) and not isinstance(cause, BaseException):
             return str(exc)
-        remote = re.findall(r"(?:SpecError|RunStoreError|TableError|TokenError): (.+)", getattr(exc, "error_msg", "") or "")
+        names = "|".join(e.__name__ for e in USER_ERRORS)
+        remote = re.findall(rf"(?:{names}): (.+)", getattr(exc, "error_msg", "") or "")
         if remote:
             return remote[-1].strip()
         exc = cause if isinstance(cause, BaseException) else exc.__cause__

@@ -19,13 +19,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vbugs_ray.atomic import atomic_write
+from vbugs_ray.errors import TokenError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
              "a photo of a clean {}", "a close-up photo of a {}", "a bright photo of the {}", "a good photo of a {}")
-
-
-class TokenError(ValueError):
-    """A learn-tokens input that cannot be used (one-line message naming the option)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,5 @@ def learn_token(model: str, images: str | Path, token: str, init_word: str, out:
     learned = accelerator.unwrap_model(text_encoder).get_input_embeddings().weight[token_id]
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file({token: learned.detach().float().cpu().contiguous()}, str(tmp))
-    tmp.replace(out)
-    return out
+    tensors = {token: learned.detach().float().cpu().contiguous()}
+    return atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))

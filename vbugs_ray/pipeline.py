@@ -1,16 +1,16 @@
-"""The audit's stages as batch callables, and the two executors that chain them.
+"""The audit's stages as batch callables, in the order of the flow, and the two executors that
+chain them: generate -> embed + filter -> classify -> rows.
 
 Each stage is a class whose ``__init__`` loads its model once and whose ``__call__`` maps a batch
 (a dict of numpy arrays) to a batch, so the same object runs under Ray Data's ``map_batches``
-(actor pools) and on a plain dict in a test. ``run_shard_ray`` builds the Ray Data plan;
-``LocalExecutor`` runs the same stages in-process (tests, benchmarks, debugging).
+(actor pools) and on a plain dict in a test. The run store turns the last batch into its rows
+(``store.rows_table``). ``RayExecutor`` builds the Ray Data plan; ``LocalExecutor`` runs the same
+stages in-process (tests, benchmarks, debugging).
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from vbugs_ray.filter import ClipFilter
 from vbugs_ray.roles import registry
 from vbugs_ray.spec import AuditSpec, RoleSpec
+from vbugs_ray.store import rows_table
 
 TOP_K = 5
 
@@ -45,42 +46,6 @@ class GenerateStage:
         return out
 
 
-class ClassifyStage:
-    """image, label -> the classifier's verdict per row.
-
-    pred_index / pred_name: the model's top-1 output; pred_label / pred: the spec class that
-    output counts for (-1 / the output's name when none); p_true: probability mass on the true
-    class's outputs; loss: -log p_true; error: top-1 outside the true class's outputs; top5: the
-    top outputs' names, tab-joined between stages (ToRowsStage makes them a list column).
-    """
-
-    def __init__(self, spec: AuditSpec):
-        _limit_threads(spec.classifier)
-        self.backend = registry.create("classifier", spec.classifier, spec)
-        self.class_map = self.backend.class_map
-        self.class_names = np.asarray(spec.classes, dtype=object)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        probs = np.asarray(self.backend.predict_proba(batch["image"]), np.float64)
-        labels = np.asarray(batch["label"], np.int64)
-        cmap = self.class_map
-        k = min(TOP_K, probs.shape[1])
-        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        top1 = top[:, 0]
-        pred_label = cmap.class_of_output[top1]
-        p_true = np.clip(cmap.p_true(probs, labels), 0.0, 1.0)
-        out = dict(batch)
-        out["pred_index"] = top1
-        out["pred_name"] = cmap.output_names[top1]
-        out["pred_label"] = pred_label
-        out["pred"] = np.where(pred_label >= 0, self.class_names[np.maximum(pred_label, 0)], cmap.output_names[top1])
-        out["p_true"] = p_true.astype(np.float32)
-        out["loss"] = (-np.log(np.clip(p_true, 1e-12, 1.0))).astype(np.float32)
-        out["top5"] = np.asarray(["\t".join(cmap.output_names[r]) for r in top], dtype=object)
-        out["error"] = cmap.is_error(top1, labels)
-        return out
-
-
 class EmbedStage:
     """image -> embedding (N, D) float32, L2-normalised; then the CLIP filter's verdict from the
     same embeddings: valid, filter_reason (and the similarities, when the spec has a filter)."""
@@ -101,37 +66,61 @@ class EmbedStage:
         return out
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    from PIL import Image
+class ClassifyStage:
+    """image, label, valid -> the classifier's verdict per row.
 
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-class ToRowsStage:
-    """Final stage: numpy batch -> Arrow table in the run-store schema (PNG bytes, list columns)."""
+    pred_index / pred_name: the model's top-1 output; pred_label / pred: the spec class that
+    output counts for (-1 / the output's name when none); p_true: probability mass on the true
+    class's outputs; loss: -log p_true; error: top-1 outside the true class's outputs; top5: the
+    top outputs' names, tab-joined between stages (the store makes them a list column).
+    Rows the CLIP filter marked invalid are not classified (their image does not show what the
+    row says): they get pred_index -1, empty names, NaN p_true and loss, and error false.
+    """
 
     def __init__(self, spec: AuditSpec):
-        self.class_names = list(spec.classes)
+        _limit_threads(spec.classifier)
+        self.backend = registry.create("classifier", spec.classifier, spec)
+        self.class_map = self.backend.class_map
+        self.class_names = np.asarray(spec.classes, dtype=object)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        cols: dict[str, Any] = {}
-        for name, values in batch.items():
-            if name in ("image", "top5", "embedding"):
-                continue
-            cols[name] = pa.array(list(values) if np.asarray(values).dtype == object else values)
-        cols["top5"] = pa.array([str(v).split("\t") for v in batch["top5"]], pa.list_(pa.string()))
-        emb = np.ascontiguousarray(batch["embedding"], dtype=np.float32)
-        cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
-        cols["image_png"] = pa.array([encode_png(im) for im in batch["image"]], pa.binary())
-        return pa.table(cols)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["label"])
+        valid = np.asarray(batch["valid"], bool) if "valid" in batch else np.ones(n, bool)
+        out = dict(batch)
+        out.update({"pred_index": np.full(n, -1, np.int64), "pred_name": np.full(n, "", dtype=object),
+                    "pred_label": np.full(n, -1, np.int64), "pred": np.full(n, "", dtype=object),
+                    "p_true": np.full(n, np.nan, np.float32), "loss": np.full(n, np.nan, np.float32),
+                    "top5": np.full(n, "", dtype=object), "error": np.zeros(n, bool)})
+        if valid.any():
+            rows = np.nonzero(valid)[0]
+            verdict = self.verdict(np.asarray(batch["image"])[rows], np.asarray(batch["label"], np.int64)[rows])
+            for name, values in verdict.items():
+                out[name][rows] = values
+        return out
+
+    def verdict(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        probs = np.asarray(self.backend.predict_proba(images), np.float64)
+        cmap = self.class_map
+        top = np.argsort(-probs, axis=1, kind="stable")[:, : min(TOP_K, probs.shape[1])]
+        top1 = top[:, 0]
+        pred_label = cmap.class_of_output[top1]
+        p_true = np.clip(cmap.p_true(probs, labels), 0.0, 1.0)
+        return {
+            "pred_index": top1,
+            "pred_name": cmap.output_names[top1],
+            "pred_label": pred_label,
+            "pred": np.where(pred_label >= 0, self.class_names[np.maximum(pred_label, 0)], cmap.output_names[top1]),
+            "p_true": p_true,
+            "loss": -np.log(np.clip(p_true, 1e-12, 1.0)),
+            "top5": np.asarray(["\t".join(cmap.output_names[r]) for r in top], dtype=object),
+            "error": cmap.is_error(top1, labels),
+        }
 
 
 STAGES: tuple[tuple[str, type], ...] = (
     ("generator", GenerateStage),
-    ("classifier", ClassifyStage),
     ("embedder", EmbedStage),
+    ("classifier", ClassifyStage),
 )
 
 
@@ -145,7 +134,6 @@ class LocalExecutor:
     def __init__(self, spec: AuditSpec):
         self.spec = spec
         self.stages = [(getattr(spec, role).batch_size, cls(spec)) for role, cls in STAGES]
-        self.to_rows = ToRowsStage(spec)
 
     def run_shard(self, rows: pa.Table, out_dir: Path) -> None:
         batch = {name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names}
@@ -153,7 +141,7 @@ class LocalExecutor:
             n = len(batch["row_id"])
             batch = _concat([stage({k: v[i:i + size] for k, v in batch.items()}) for i in range(0, n, size)])
         out_dir.mkdir(parents=True, exist_ok=True)
-        pq.write_table(self.to_rows(batch), out_dir / "part-00000.parquet")
+        pq.write_table(rows_table(batch), out_dir / "part-00000.parquet")
 
     def close(self) -> None:
         """Drop the models and give their accelerator memory back (Ray actors free theirs on exit)."""
@@ -168,10 +156,11 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Builds a Ray Data plan per shard: generate -> classify -> embed -> Parquet.
+    """Builds a Ray Data plan per shard: generate -> embed + filter -> classify -> rows -> Parquet.
 
     Each model stage is an actor pool (``ActorPoolStrategy``) sized by the role's ``concurrency``,
-    reserving the role's ``num_cpus`` / ``num_gpus`` per actor (fractions allowed).
+    reserving the role's ``num_cpus`` / ``num_gpus`` per actor (fractions allowed); turning a
+    batch into rows (PNG encoding) runs as light tasks.
     """
 
     def __init__(self, spec: AuditSpec):
@@ -182,8 +171,7 @@ class RayExecutor:
 
         spec = self.spec
         first = spec.generator.batch_size
-        blocks = [rows.slice(i, first) for i in range(0, rows.num_rows, first)]
-        ds = ray.data.from_arrow(blocks)
+        ds = ray.data.from_arrow([rows.slice(i, first) for i in range(0, rows.num_rows, first)])
         for role, stage in STAGES:
             role_spec: RoleSpec = getattr(spec, role)
             ds = ds.map_batches(
@@ -195,9 +183,7 @@ class RayExecutor:
                 num_cpus=role_spec.num_cpus,
                 num_gpus=role_spec.num_gpus or None,
             )
-        ds = ds.map_batches(ToRowsStage, fn_constructor_kwargs={"spec": spec}, batch_format="numpy",
-                            batch_size=spec.embedder.batch_size, num_cpus=0.25,
-                            compute=ray.data.ActorPoolStrategy(size=1))
+        ds = ds.map_batches(rows_table, batch_format="numpy", batch_size=spec.classifier.batch_size, num_cpus=0.25)
         ds.write_parquet(str(out_dir))
 
     def close(self) -> None:
@@ -206,4 +192,3 @@ class RayExecutor:
 
 def make_executor(spec: AuditSpec) -> LocalExecutor | RayExecutor:
     return RayExecutor(spec) if spec.run.executor == "ray" else LocalExecutor(spec)
-

@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+import dataclasses
 
-from vbugs_ray.slices import SliceResult
+from vbugs_ray.slices.search import SliceResult
+from vbugs_ray.slices.settings import SearchSettings
 
 
-def build_report(result: SliceResult, search: dict, features: list[str], **extra) -> dict:
+def build_report(result: SliceResult, settings: SearchSettings, features: list[str], **extra) -> dict:
     """The report.json document (``extra`` keys come first: run name, table path...)."""
     return {
         **extra,
         "n_images": result.n_rows,
         "base_error_rate": result.base_error_rate,
-        "n_slices_tested": result.n_tested,
-        "evaluated_slices": result.n_tested,
+        "evaluated_slices": result.evaluated,
         "lattice_size": result.lattice_size,
         "prune": result.prune,
         "redundant_children_dropped": result.redundant_children,
         "slice_features": features,
-        "search": search,
+        "search": dataclasses.asdict(settings),
         "flagged_slices": result.flagged,
     }
-
-
-def write_report(path: Path, report: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
 
 
 def format_slices(report: dict, top: int = 10) -> str:
     """A fixed-width table of the top flagged slices."""
     flagged = report["flagged_slices"]
     lines = [f"{report['n_images']} images, base error rate {report['base_error_rate']:.3f}, "
-             f"{report['n_slices_tested']} of {report['lattice_size']} lattice slices tested, {len(flagged)} flagged"]
+             f"{report['evaluated_slices']} of {report['lattice_size']} lattice slices tested, {len(flagged)} flagged"]
     if flagged:
         lines.append(f"{'#':>3}  {'slice':<44} {'n':>6} {'err':>6} {'rest':>6} {'effect':>7} {'q':>9}")
     for i, s in enumerate(flagged[:top], 1):

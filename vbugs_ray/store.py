@@ -1,4 +1,5 @@
-"""The Parquet run store: ``RUN_DIR/rows/shard-NNNNN/*.parquet``, one row per image.
+"""The Parquet run store: ``RUN_DIR/rows/shard-NNNNN/*.parquet``, one row per image, in the
+schema ``rows_table`` writes (the README lists its columns).
 
 Shard k holds grid rows [k * shard_rows, (k + 1) * shard_rows). A shard is written into a hidden
 staging folder and renamed into place when complete, so a shard folder either holds all its rows
@@ -8,20 +9,20 @@ one writes nothing. ``RUN_DIR/spec.json`` pins the spec; another spec in the sam
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from vbugs_ray.atomic import atomic_write_json
 from vbugs_ray.cache import key_of
-from vbugs_ray.spec import AuditSpec
-
-
-class RunStoreError(RuntimeError):
-    """A run directory that cannot be used as asked (one-line message)."""
+from vbugs_ray.errors import RunStoreError
+from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec
 
 
 class RunStore:
@@ -41,10 +42,7 @@ class RunStore:
                 raise RunStoreError(f"{self.root} holds a run of a different spec (rows would mix); "
                                     f"use another --out or delete the folder")
         self.rows_dir.mkdir(parents=True, exist_ok=True)
-        payload = {"fingerprint": fingerprint, "spec": spec.to_dict()}
-        tmp = self.spec_path.with_name(".spec.json.tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
-        os.replace(tmp, self.spec_path)
+        atomic_write_json(self.spec_path, {"fingerprint": fingerprint, "spec": spec.to_dict()})
 
     def load_spec_dict(self) -> dict:
         if not self.spec_path.exists():
@@ -73,7 +71,7 @@ class RunStore:
 
     def commit_shard(self, index: int) -> None:
         """Publish a complete shard: one atomic rename."""
-        os.replace(self.staging_dir(index), self.shard_dir(index))
+        self.staging_dir(index).replace(self.shard_dir(index))
 
     # -- reading ------------------------------------------------------------------------------
     def dataset(self) -> pads.Dataset:
@@ -94,7 +92,7 @@ def rows_fingerprint(spec: AuditSpec) -> str:
     change between runs of one run dir; the grid, the models and the shard size may not."""
     data = spec.to_dict()
     content = {k: data[k] for k in ("classes", "axes", "prompt", "images_per_cell", "budget", "sampling", "seed")}
-    for role in ("generator", "classifier", "embedder"):
+    for role in PIPELINE_ROLES:
         content[role] = {"backend": data[role]["backend"], "options": data[role]["options"], "dtype": data[role]["dtype"]}
     content["filter"] = data["filter"]
     content["shard_rows"] = spec.run.shard_rows
@@ -104,3 +102,26 @@ def rows_fingerprint(spec: AuditSpec) -> str:
 def plan_shards(n_rows: int, shard_rows: int) -> list[tuple[int, int, int]]:
     """(index, start, stop) of each shard."""
     return [(i, start, min(start + shard_rows, n_rows)) for i, start in enumerate(range(0, n_rows, shard_rows))]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def rows_table(batch: dict[str, Any]) -> pa.Table:
+    """A finished batch (dict of numpy arrays) as run-store rows: the image as PNG bytes, ``top5``
+    (tab-joined between stages) as a list of names, the embedding as a fixed-size list."""
+    cols: dict[str, Any] = {}
+    for name, values in batch.items():
+        if name in ("image", "top5", "embedding"):
+            continue
+        cols[name] = pa.array(list(values) if np.asarray(values).dtype == object else values)
+    cols["top5"] = pa.array([str(v).split("\t") if v else [] for v in batch["top5"]], pa.list_(pa.string()))
+    emb = np.ascontiguousarray(batch["embedding"], dtype=np.float32)
+    cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    cols["image_png"] = pa.array([encode_png(im) for im in batch["image"]], pa.binary())
+    return pa.table(cols)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from vbugs_ray.spec import SpecError
+from vbugs_ray.errors import SpecError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

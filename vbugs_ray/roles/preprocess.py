@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vbugs_ray.spec import SpecError
+from vbugs_ray.errors import SpecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,9 +55,10 @@ class EvalTransform:
                    cfg["mean"], cfg["std"])
 
 
-def parse_preprocess(raw: Any, field: str) -> EvalTransform:
-    """A spec's ``preprocess`` mapping: size (int or [h, w]), resize (shorter side; default
-    size / crop_pct), crop_pct (0.875), interpolation, mean and std (ImageNet's by default)."""
+def preprocess_settings(raw: Any, field: str) -> dict:
+    """A spec's ``preprocess`` mapping, checked and completed: size (int or [h, w]), resize
+    (shorter side; default size / crop_pct), crop_pct (0.875), interpolation, mean and std
+    (ImageNet's by default)."""
     if not isinstance(raw, dict):
         raise SpecError(field, f"expected a mapping with keys {', '.join(PREPROCESS_KEYS)}")
     for key in raw:
@@ -76,10 +77,16 @@ def parse_preprocess(raw: Any, field: str) -> EvalTransform:
     interpolation = raw.get("interpolation", "bilinear")
     if interpolation not in INTERPOLATIONS:
         raise SpecError(f"{field}.interpolation", f"expected one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}")
-    stats = {}
+    out = {"size": sizes, "resize": resize, "interpolation": interpolation}
     for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
         value = raw.get(key, list(default))
         if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)):
             raise SpecError(f"{field}.{key}", f"expected three numbers (one per RGB channel); got {value!r}")
-        stats[key] = value
-    return EvalTransform(sizes, resize, interpolation, stats["mean"], stats["std"])
+        out[key] = value
+    return out
+
+
+def transform_from_settings(settings: dict) -> EvalTransform:
+    """The EvalTransform of a checked ``preprocess`` mapping (``preprocess_settings``)."""
+    return EvalTransform(settings["size"], settings["resize"], settings["interpolation"], settings["mean"],
+                         settings["std"])

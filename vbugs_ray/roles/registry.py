@@ -1,18 +1,25 @@
 """One registry per role: backends are built by name from the spec, like timm's create_model.
 
 Entries are import paths, so naming a heavy backend (diffusers...) costs nothing until it is used.
-A backend class may define:
-- ``OPTIONS``: the option keys it takes (others are refused, naming the key);
-- ``validate(role_spec, spec)`` (classmethod): raise SpecError for bad options, at spec load time;
-- ``prepare(role_spec, spec, progress)`` (classmethod): one-time driver-side work (training,
-  downloads) before any actor starts, so actors only load;
-- ``__init__(role_spec, spec)``: load the model (once per actor).
+A backend class (see roles.protocols for what each role must provide) has:
+- ``Options``: a dataclass declaring its options (vbugs_ray.fields), parsed once from the spec's
+  ``options`` mapping: unknown keys, types and bounds are checked there;
+- ``check(options, spec)`` (classmethod, optional): what the declaration cannot say (a model
+  name, a file, agreement with other parts of the spec), at validation time;
+- ``prepare(options, spec, progress)`` (classmethod, optional): one-time driver-side work
+  (training, reading files) before any actor starts, so that actors only load;
+- ``__init__(options, role_spec, spec)``: load the model (once per actor); a captioner also
+  receives ``embedder``.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
+
+from vbugs_ray.errors import SpecError
+from vbugs_ray.fields import parse_options
+from vbugs_ray.spec import AuditSpec, RoleSpec
 
 _BACKENDS: dict[str, dict[str, str]] = {
     "generator": {
@@ -46,34 +53,35 @@ def backends(role: str) -> dict[str, str]:
 
 
 def backend_class(role: str, name: str) -> type:
+    if name not in _BACKENDS[role]:
+        raise SpecError(f"{role}.backend", f"unknown backend '{name}'; known: {', '.join(sorted(_BACKENDS[role]))}")
     module, _, attr = _BACKENDS[role][name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def validate(role: str, role_spec: Any, spec: Any) -> None:
-    """Unknown option keys (against the backend's ``OPTIONS``), then the backend's own checks."""
-    from vbugs_ray.spec import SpecError
-
+def options_of(role: str, role_spec: RoleSpec) -> Any:
+    """The backend's declared options, parsed from the spec's mapping."""
     cls = backend_class(role, role_spec.backend)
-    allowed = getattr(cls, "OPTIONS", None)
-    for key in role_spec.options if allowed is not None else ():
-        if key not in allowed:
-            raise SpecError(f"{role}.options.{key}", f"unknown option; allowed: {', '.join(allowed)}")
-    if hasattr(cls, "validate"):
-        cls.validate(role_spec, spec)
+    return parse_options(cls.Options, role_spec.options, f"{role}.options", noun="option")
 
 
-def prepare(role: str, role_spec: Any, spec: Any, progress=print) -> None:
+def validate_backends(spec: AuditSpec) -> AuditSpec:
+    """Every role's backend exists, and its options parse and pass the backend's own checks;
+    returns the spec, so that ``validate_backends(parse_spec(data))`` reads as one step."""
+    for role, role_spec in spec.roles().items():
+        cls = backend_class(role, role_spec.backend)
+        options = options_of(role, role_spec)
+        if hasattr(cls, "check"):
+            cls.check(options, spec)
+    return spec
+
+
+def prepare(role: str, role_spec: RoleSpec, spec: AuditSpec, progress: Callable[[str], None] = print) -> None:
     cls = backend_class(role, role_spec.backend)
     if hasattr(cls, "prepare"):
-        cls.prepare(role_spec, spec, progress)
+        cls.prepare(options_of(role, role_spec), spec, progress)
 
 
-def create(role: str, role_spec: Any, spec: Any) -> Any:
-    return backend_class(role, role_spec.backend)(role_spec, spec)
-
-
-def create_captioner(role_spec: Any, spec: Any, embedder: Any = None) -> Any:
-    """Captioners describe slices through an embedder (retrieval: ``uses = 'embeddings'``) or
-    from the images themselves (``uses = 'images'``; no embedder needed)."""
-    return backend_class("captioner", role_spec.backend)(role_spec, spec, embedder)
+def create(role: str, role_spec: RoleSpec, spec: AuditSpec, **needs: Any) -> Any:
+    """Build the role's backend (in the calling process: an actor, or the driver)."""
+    return backend_class(role, role_spec.backend)(options_of(role, role_spec), role_spec, spec, **needs)

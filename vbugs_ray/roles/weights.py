@@ -9,7 +9,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable
 
-from vbugs_ray.spec import SpecError
+from vbugs_ray.errors import SpecError
 
 
 def read_tensors(path: str, field: str, what: str = "weights file", hint: str = "") -> Any:

@@ -1,5 +1,6 @@
-"""Slice search: pure statistics (stats), the lattice over metadata (search); no Ray, no torch."""
+"""Slice search: pure statistics over arrays and Arrow tables (no Ray, no torch, no I/O beyond
+reading Parquet). The layer above passes in a task runner to spread counting over Ray."""
 
-from vbugs_ray.slices.search import SearchSettings, SliceResult, search_slices
+from vbugs_ray.slices.settings import SearchSettings
 
-__all__ = ["SearchSettings", "SliceResult", "search_slices"]
+__all__ = ["SearchSettings"]

@@ -4,7 +4,8 @@ Every tested slice S is compared with its complement. Null: S's error rate equal
 complement's. Alternative (one-sided): it is higher. Test: Fisher's exact test where expected
 counts are small, the two-proportion z-test elsewhere; mean loss gets a one-sided Welch test
 from sums. False discoveries: Benjamini-Hochberg over the whole lattice as the family (so that
-pruning never changes what is flagged), or alpha-investing in evaluation order.
+exact pruning never changes what is flagged), or alpha-investing in evaluation order (whose
+result depends on which slices were evaluated, so pruning may change it).
 
 Flagged: rejected, effect >= min_effect. Then, so that each distinct failure appears once near
 the top (ranked: distinct failures, then worse parts of them, then explained slices, each tier by
@@ -24,36 +25,17 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from vbugs_ray.slices import lattice, stats
+from vbugs_ray.slices import elevated, exact, lattice, stats
+from vbugs_ray.slices.counts import EncodedShard, LocalRunner, ShardCounter
 from vbugs_ray.slices.encode import encode_column
-
-FDR_PROCEDURES = ("bh", "alpha_investing")
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    alpha: float = 0.05
-    min_support: int = 20
-    max_order: int = 3
-    min_effect: float = 0.2
-    fdr: str = "bh"
-    prune: str = "auto"  # see slices.lattice: auto | elevated | exact | none
-    expand_alpha: float = 0.1
-    max_values: int = 20
-    n_bins: int = 10
-
-    @classmethod
-    def from_search(cls, search: Mapping) -> "SearchSettings":
-        """From a spec's ``search`` section (extra keys such as top_k are the report's concern)."""
-        keys = ("alpha", "min_support", "max_order", "min_effect", "fdr", "prune", "expand_alpha")
-        return cls(**{k: search[k] for k in keys if k in search})
+from vbugs_ray.slices.settings import FDR_PROCEDURES, SearchSettings
 
 
 @dataclass
 class SliceResult:
     base_error_rate: float
     n_rows: int
-    n_tested: int
+    evaluated: int  # slices tested (the rest of the lattice counts as p = 1)
     lattice_size: int = 0
     prune: str = ""  # the pruning that ran ('auto' resolved)
     flagged: list[dict] = field(default_factory=list)
@@ -76,14 +58,17 @@ def bh_qvalues(p: np.ndarray, family: int) -> np.ndarray:
 
 
 def table_counter(columns: Mapping[str, Sequence], errors: Sequence, loss: Sequence | None,
-                  settings: SearchSettings) -> lattice.TableCounter:
+                  settings: SearchSettings) -> ShardCounter:
+    """A counter over an in-memory table: one shard, counted in this process."""
     names, values, codes = [], [], []
     for name, column in columns.items():
         c, labels = encode_column(column, settings.max_values, settings.n_bins)
         names.append(name)
         values.append(labels)
         codes.append(c)
-    return lattice.TableCounter(names, values, codes, np.asarray(errors, bool), loss)
+    error_rows = np.nonzero(np.asarray(errors, bool))[0]
+    shard = EncodedShard(np.stack(codes), error_rows, None if loss is None else np.asarray(loss, np.float64))
+    return ShardCounter(names, values, [shard], LocalRunner())
 
 
 def search_slices(columns: Mapping[str, Sequence], errors: Sequence, settings: SearchSettings,
@@ -92,16 +77,25 @@ def search_slices(columns: Mapping[str, Sequence], errors: Sequence, settings: S
     return run_search(table_counter(columns, errors, loss, settings), settings)
 
 
+def evaluate(counter: lattice.Counter, settings: SearchSettings) -> tuple[lattice.Evaluated, int, str]:
+    """The lattice walk that ``settings.prune`` asks for: the tested slices, the lattice size,
+    and the pruning that ran."""
+    prune = lattice.resolve_prune(settings.prune, counter.totals()[0])
+    family = lattice.lattice_size([len(v) for v in counter.values], settings.max_order)
+    if prune == "elevated":
+        ev = elevated.search(counter, settings.min_support, settings.max_order, settings.expand_alpha)
+    else:
+        ev = exact.search(counter, settings.alpha, settings.min_support, settings.max_order, bounded=prune == "exact")
+    return ev, family, prune
+
+
 def run_search(counter: lattice.Counter, settings: SearchSettings) -> SliceResult:
     if settings.fdr not in FDR_PROCEDURES:
         raise ValueError(f"unknown fdr procedure {settings.fdr!r}; allowed: {', '.join(FDR_PROCEDURES)}")
-    ev, family = lattice.search(counter, alpha=settings.alpha, min_support=settings.min_support,
-                                max_order=settings.max_order, prune=settings.prune,
-                                expand_alpha=settings.expand_alpha)
+    ev, family, prune = evaluate(counter, settings)
     n_total, k_total, loss_total, loss_sq_total = counter.totals()
     result = SliceResult(base_error_rate=k_total / n_total if n_total else 0.0, n_rows=n_total,
-                         n_tested=len(ev.predicates), lattice_size=family,
-                         prune=lattice.resolve_prune(settings.prune, n_total))
+                         evaluated=len(ev.predicates), lattice_size=family, prune=prune)
     if not ev.predicates:
         return result
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vbugs_ray.cache import atomic_write, cached_file
+from vbugs_ray.cache import trained
 from vbugs_ray.toyworld import renderer
 
 
@@ -158,11 +158,7 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
 
 def load_or_train(config: dict, progress: Callable[[str], None] = print) -> ToyCNN:
     """The cached classifier for ``config``, training it first if the cache has none."""
-    path = cached_file("toy-classifier", config)
-    if not path.exists():
-        progress(f"toy classifier: training (cache miss: {path.name})")
-        checkpoint = train(config, progress)
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+    path = trained("toy-classifier", config, lambda: train(config, progress), progress)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = ToyCNN(len(checkpoint["config"]["classes"]))
     model.load_state_dict(checkpoint["state_dict"])

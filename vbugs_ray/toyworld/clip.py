@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from vbugs_ray.cache import atomic_write, cached_file
+from vbugs_ray.cache import trained
 from vbugs_ray.toyworld import renderer
 
 MODEL_NAME = "vbugs-toyclip"
@@ -125,9 +125,4 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
 
 def checkpoint_path(config: dict, progress: Callable[[str], None] = print) -> Path:
     """Path of the cached checkpoint for ``config``, training it first on a cache miss."""
-    path = cached_file("toy-clip", config)
-    if not path.exists():
-        progress(f"toy CLIP: training (cache miss: {path.name})")
-        state = train(config, progress)
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
-    return path
+    return trained("toy-clip", config, lambda: train(config, progress), progress)

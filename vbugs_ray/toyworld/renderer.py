@@ -18,6 +18,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 RENDERER_VERSION = 1
+DEFAULT_RESOLUTION = 64  # pixels per side
 
 # property -> value -> phrases that name it in a prompt (first phrase is the canonical wording)
 VOCABULARY: dict[str, dict[str, tuple[str, ...]]] = {
@@ -168,7 +169,7 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.n
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(props_list: Sequence[Mapping[str, str]], seeds: Sequence[int], resolution: int = 64) -> np.ndarray:
+def render(props_list: Sequence[Mapping[str, str]], seeds: Sequence[int], resolution: int = DEFAULT_RESOLUTION) -> np.ndarray:
     """Render images (N, H, W, 3) uint8. Open properties are drawn from each image's seed."""
     n = len(props_list)
     if n != len(seeds):
@@ -262,7 +263,7 @@ def render(props_list: Sequence[Mapping[str, str]], seeds: Sequence[int], resolu
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def render_prompts(prompts: Sequence[str], seeds: Sequence[int], resolution: int = 64) -> np.ndarray:
+def render_prompts(prompts: Sequence[str], seeds: Sequence[int], resolution: int = DEFAULT_RESOLUTION) -> np.ndarray:
     """Render what each prompt says; properties it does not name vary with the seed."""
     return render([parse_prompt(p) for p in prompts], seeds, resolution)
 
@@ -279,3 +280,8 @@ def sample_properties(n: int, rng: np.random.Generator, fixed: Mapping[str, Iter
     for i in range(n):
         out.append({prop: columns[prop][i] for prop in PROPERTIES})
     return out
+
+
+def resolution_in(generator_options: Mapping) -> int:
+    """The image size a toyworld generator with these options draws: the toy models train at it."""
+    return int(generator_options.get("resolution") or DEFAULT_RESOLUTION)

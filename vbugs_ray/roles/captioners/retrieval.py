@@ -1,17 +1,21 @@
 """Captioner backend ``retrieval``: describes a set of images by ranking candidate phrases.
 
 As in Domino: a phrase scores by how much closer, in the embedder's joint image-text space, it
-is to the set's images than to a reference set's images (standardised per phrase). Candidates default to the spec's own
-vocabulary (class names and axis phrases), so captions use words the generator understands.
+is to the set's images than to a reference set's images (standardised per phrase). Candidates
+default to the spec's own vocabulary (class names and axis phrases), so captions use words the
+generator understands. It reads the run's stored image embeddings; the embedder is used only
+to embed the phrases. Option: ``top_phrases`` (3).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from vbugs_ray.spec import SpecError
+from vbugs_ray.fields import option
 
-OPTIONS = ("top_phrases",)
+SAMPLE_SIZE = 2048  # rows per side (slice / reference) whose embeddings are compared
 
 
 def candidate_phrases(spec) -> list[str]:
@@ -34,21 +38,21 @@ def rank_phrases(set_embeddings: np.ndarray, reference_embeddings: np.ndarray, p
 
 
 class RetrievalCaptioner:
-    OPTIONS = OPTIONS  # option keys the registry accepts for this backend
-    uses = "embeddings"  # caption.py hands it the run's CLIP embeddings
+    @dataclass(frozen=True)
+    class Options:
+        top_phrases: int = option(3, kind=int, low=1)
 
-    @classmethod
-    def validate(cls, role_spec, spec) -> None:
-        top = role_spec.options.get("top_phrases", 3)
-        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-            raise SpecError("captioner.options.top_phrases", f"expected an integer >= 1; got {top!r}")
+    sample_size = SAMPLE_SIZE
 
-    def __init__(self, role_spec, spec, embedder):
-        self.top = role_spec.options.get("top_phrases", 3)
+    def __init__(self, options, role_spec, spec, embedder):
+        self.top = options.top_phrases
         self.phrases = candidate_phrases(spec)
         self.phrase_embeddings = embedder.embed_texts(self.phrases)
 
-    def caption(self, set_embeddings: np.ndarray, reference_embeddings: np.ndarray) -> list[str]:
-        """The ``top_phrases`` phrases that set the images apart from the reference, best first."""
+    def rank(self, set_embeddings: np.ndarray, reference_embeddings: np.ndarray) -> list[str]:
+        """The ``top_phrases`` phrases that set the embeddings apart from the reference, best first."""
         scores = rank_phrases(set_embeddings, reference_embeddings, self.phrase_embeddings)
         return [self.phrases[i] for i in np.argsort(-scores)[: self.top]]
+
+    def caption(self, inside, reference) -> list[str]:
+        return self.rank(inside.embeddings(), reference.embeddings())

@@ -6,20 +6,23 @@ ranking the slice's captions by the words that set them apart (a word scores by 
 often it occurs in the slice's captions than in the reference's), so the caption names what the
 slice has in common, not what every image has. Options: ``model`` (required), ``revision``,
 ``prompt`` (a text prefix for conditional captioning, e.g. "a photo of"), ``max_new_tokens`` (30),
-``num_beams`` (3), ``images_per_slice`` (16) and ``top_phrases`` (3).
+``num_beams`` (3), ``images_per_slice`` (16) and ``top_phrases`` (3); the role's ``batch_size``
+is the number of images per captioning call.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from vbugs_ray.errors import SpecError
+from vbugs_ray.fields import REQUIRED, option
 from vbugs_ray.roles.device import resolve_device, resolve_dtype
 from vbugs_ray.roles.weights import check_pretrained_source
-from vbugs_ray.spec import SpecError
 
 FIELD = "captioner.options"
 STOPWORDS = frozenset("a an the of on in at with and is are there this that it its to photo picture image".split())
@@ -43,53 +46,47 @@ def rank_captions(slice_captions: list[str], reference_captions: list[str], top:
     return distinct[:top]
 
 
-def _positive_int(opts: dict, key: str, default: int) -> int:
-    value = opts.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpecError(f"{FIELD}.{key}", f"expected a positive integer; got {value!r}")
-    return value
-
-
 class TransformersCaptioner:
-    OPTIONS = ("model", "revision", "prompt", "max_new_tokens", "num_beams", "images_per_slice", "top_phrases")
-    uses = "images"  # caption.py hands it decoded images, not embeddings
+    @dataclass(frozen=True)
+    class Options:
+        model: str = option(REQUIRED, kind=str, doc="a hub id (Salesforce/blip-image-captioning-base) or a local folder")
+        revision: str | None = option(None, kind=str)
+        prompt: str | None = option(None, kind=str)
+        max_new_tokens: int = option(30, kind=int, low=1)
+        num_beams: int = option(3, kind=int, low=1)
+        images_per_slice: int = option(16, kind=int, low=1)
+        top_phrases: int = option(3, kind=int, low=1)
 
     @classmethod
-    def validate(cls, role_spec, spec) -> None:
-        opts = role_spec.options
-        check_pretrained_source(opts.get("model"), f"{FIELD}.model", "Salesforce/blip-image-captioning-base",
+    def check(cls, options, spec) -> None:
+        check_pretrained_source(options.model, f"{FIELD}.model", "Salesforce/blip-image-captioning-base",
                                 "config.json", "transformers model")
-        if opts.get("prompt") is not None and not isinstance(opts["prompt"], str):
-            raise SpecError(f"{FIELD}.prompt", "expected a string")
-        for key, default in (("max_new_tokens", 30), ("num_beams", 3), ("images_per_slice", 16), ("top_phrases", 3)):
-            _positive_int(opts, key, default)
 
-    def __init__(self, role_spec, spec, embedder=None):
+    def __init__(self, options, role_spec, spec, embedder=None):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        opts = role_spec.options
         self.device = resolve_device("captioner", role_spec)
         self.dtype = resolve_dtype("captioner", role_spec, self.device)
-        kwargs = {"revision": opts["revision"]} if opts.get("revision") else {}
+        kwargs = {"revision": options.revision} if options.revision else {}
         try:
-            self.processor = AutoProcessor.from_pretrained(opts["model"], **kwargs)
-            model = AutoModelForImageTextToText.from_pretrained(opts["model"], dtype=self.dtype, **kwargs)
+            self.processor = AutoProcessor.from_pretrained(options.model, **kwargs)
+            model = AutoModelForImageTextToText.from_pretrained(options.model, dtype=self.dtype, **kwargs)
         except (OSError, ValueError) as exc:
-            raise SpecError(f"{FIELD}.model", f"transformers could not load {opts['model']!r}: "
+            raise SpecError(f"{FIELD}.model", f"transformers could not load {options.model!r}: "
                             f"{str(exc).strip().splitlines()[0][:200]}") from None
         self.model = model.eval().to(self.device)
-        self.prompt = opts.get("prompt")
-        self.generate_kwargs = {"max_new_tokens": _positive_int(opts, "max_new_tokens", 30),
-                                "num_beams": _positive_int(opts, "num_beams", 3)}
-        self.images_per_slice = _positive_int(opts, "images_per_slice", 16)
-        self.top = _positive_int(opts, "top_phrases", 3)
+        self.prompt = options.prompt
+        self.generate_kwargs = {"max_new_tokens": options.max_new_tokens, "num_beams": options.num_beams}
+        self.sample_size = options.images_per_slice
+        self.batch_size = role_spec.batch_size
+        self.top = options.top_phrases
 
     @torch.inference_mode()
-    def caption_each(self, images: np.ndarray, batch_size: int = 16) -> list[str]:
-        """One caption per image (uint8 (N, H, W, 3))."""
+    def caption_each(self, images: np.ndarray) -> list[str]:
+        """One caption per image (uint8 (N, H, W, 3)), ``batch_size`` images per call."""
         captions: list[str] = []
-        for start in range(0, len(images), batch_size):
-            chunk = list(images[start:start + batch_size])
+        for start in range(0, len(images), self.batch_size):
+            chunk = list(images[start:start + self.batch_size])
             text = [self.prompt] * len(chunk) if self.prompt else None
             inputs = self.processor(images=chunk, text=text, return_tensors="pt").to(self.device)
             if "pixel_values" in inputs:
@@ -98,5 +95,5 @@ class TransformersCaptioner:
             captions.extend(c.strip() for c in self.processor.batch_decode(ids, skip_special_tokens=True))
         return captions
 
-    def caption_images(self, slice_images: np.ndarray, reference_images: np.ndarray) -> list[str]:
-        return rank_captions(self.caption_each(slice_images), self.caption_each(reference_images), self.top)
+    def caption(self, inside, reference) -> list[str]:
+        return rank_captions(self.caption_each(inside.images()), self.caption_each(reference.images()), self.top)

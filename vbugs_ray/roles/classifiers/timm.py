@@ -9,20 +9,19 @@ default), ``labels`` ('imagenet' by default, a list or a label file) and ``class
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 
-from vbugs_ray.roles.classifiers.torch_image import TorchImageClassifier, class_map_for, positive_int
+from vbugs_ray.errors import SpecError
+from vbugs_ray.fields import REQUIRED, option
+from vbugs_ray.roles.classifiers._torch_image import (FIELD, TorchImageClassifier, class_map_for, class_map_option,
+                                                      labels_option)
 from vbugs_ray.roles.preprocess import EvalTransform
 from vbugs_ray.roles.weights import load_into
-from vbugs_ray.spec import SpecError
-
-FIELD = "classifier.options"
 
 
 def check_model_name(name) -> None:
     import timm
 
-    if not isinstance(name, str) or not name:
-        raise SpecError(f"{FIELD}.model", "is required: a timm model name (timm.list_models()) or hf-hub:org/repo")
     if name.startswith("hf-hub:") or timm.is_model(name.split(".")[0]):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -31,30 +30,31 @@ def check_model_name(name) -> None:
 
 
 class TimmClassifier(TorchImageClassifier):
-    OPTIONS = ("model", "pretrained", "checkpoint", "num_classes", *TorchImageClassifier.COMMON_OPTIONS)
+    @dataclass(frozen=True)
+    class Options:
+        model: str = option(REQUIRED, kind=str, doc="a timm model name (timm.list_models()) or hf-hub:org/repo")
+        pretrained: bool = option(True, kind=bool)
+        checkpoint: str | None = option(None, kind=str)
+        num_classes: int | None = option(None, kind=int, low=1)
+        labels: object = labels_option("imagenet")
+        class_map: dict | None = class_map_option()
 
     @classmethod
-    def validate(cls, role_spec, spec) -> None:
-        opts = role_spec.options
-        check_model_name(opts.get("model"))
-        if not isinstance(opts.get("pretrained", True), bool):
-            raise SpecError(f"{FIELD}.pretrained", "expected true or false")
-        positive_int(opts, "num_classes", FIELD)
-        class_map_for(spec, opts, "imagenet", opts.get("num_classes"))
+    def check(cls, options, spec) -> None:
+        check_model_name(options.model)
+        class_map_for(spec, options.labels, options.class_map, options.num_classes)
 
-    def __init__(self, role_spec, spec):
+    def __init__(self, options, role_spec, spec):
         import timm
         from timm.data import resolve_data_config
 
-        opts = role_spec.options
-        kwargs = {"num_classes": opts["num_classes"]} if opts.get("num_classes") else {}
-        checkpoint = opts.get("checkpoint")
+        kwargs = {"num_classes": options.num_classes} if options.num_classes else {}
         try:
-            model = timm.create_model(opts["model"], pretrained=bool(opts.get("pretrained", True)) and not checkpoint,
-                                      **kwargs)
+            model = timm.create_model(options.model, pretrained=options.pretrained and not options.checkpoint, **kwargs)
         except RuntimeError as exc:  # hub or config failures surface as RuntimeError in timm
-            raise SpecError(f"{FIELD}.model", f"timm could not build {opts['model']!r}: {str(exc).splitlines()[0][:200]}") from None
-        if checkpoint:
-            load_into(model, checkpoint, f"{FIELD}.checkpoint")
+            raise SpecError(f"{FIELD}.model", f"timm could not build {options.model!r}: "
+                            f"{str(exc).splitlines()[0][:200]}") from None
+        if options.checkpoint:
+            load_into(model, options.checkpoint, f"{FIELD}.checkpoint")
         transform = EvalTransform.from_timm_config(resolve_data_config(model=model))
-        self._setup(role_spec, spec, model, transform, "imagenet", model.num_classes)
+        self._setup(role_spec, spec, model, transform, options.labels, options.class_map, model.num_classes)

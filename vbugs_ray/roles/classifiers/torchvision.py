@@ -10,68 +10,74 @@ as IMAGENET1K_V2 or DEFAULT; hub download on first use), ``checkpoint`` (a local
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 
-from vbugs_ray.roles.classifiers.torch_image import TorchImageClassifier, class_map_for, positive_int
-from vbugs_ray.roles.preprocess import EvalTransform, parse_preprocess
+from vbugs_ray.errors import SpecError
+from vbugs_ray.fields import REQUIRED, option
+from vbugs_ray.roles.classifiers._torch_image import (FIELD, TorchImageClassifier, class_map_for, class_map_option,
+                                                      labels_option)
+from vbugs_ray.roles.preprocess import EvalTransform, preprocess_settings, transform_from_settings
 from vbugs_ray.roles.weights import load_into
-from vbugs_ray.spec import SpecError
-
-FIELD = "classifier.options"
 
 
-def _weights(opts):
+def _weights(options):
     """The weights enum member named by the options, or None (no download: enums are local)."""
     import torchvision
 
-    name = opts.get("model")
-    if not isinstance(name, str) or name not in torchvision.models.list_models():
+    name = options.model
+    if name not in torchvision.models.list_models():
         close = difflib.get_close_matches(str(name), torchvision.models.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
         raise SpecError(f"{FIELD}.model", f"unknown torchvision model {name!r}{hint}")
-    weights = opts.get("weights")
-    if weights is None:
+    if options.weights is None:
         return None
     enum = torchvision.models.get_model_weights(name)
-    member = str(weights).split(".")[-1]
+    member = str(options.weights).split(".")[-1]
     if member not in enum.__members__:
-        raise SpecError(f"{FIELD}.weights", f"{name} has no weights {weights!r}; known: {', '.join(enum.__members__)}")
+        raise SpecError(f"{FIELD}.weights", f"{name} has no weights {options.weights!r}; "
+                        f"known: {', '.join(enum.__members__)}")
     return enum[member]
 
 
+def _labels(options, weights):
+    if options.labels is not None:
+        return options.labels
+    return list(weights.meta["categories"]) if weights is not None and "categories" in weights.meta else "imagenet"
+
+
 class TorchvisionClassifier(TorchImageClassifier):
-    OPTIONS = ("model", "weights", "checkpoint", "num_classes", "preprocess", *TorchImageClassifier.COMMON_OPTIONS)
+    @dataclass(frozen=True)
+    class Options:
+        model: str = option(REQUIRED, kind=str, doc="a torchvision model (torchvision.models.list_models())")
+        weights: str | None = option(None, kind=str)
+        checkpoint: str | None = option(None, kind=str)
+        num_classes: int | None = option(None, kind=int, low=1)
+        preprocess: dict | None = option(None, parse=preprocess_settings)
+        labels: object = labels_option()
+        class_map: dict | None = class_map_option()
 
     @classmethod
-    def validate(cls, role_spec, spec) -> None:
-        opts = role_spec.options
-        weights = _weights(opts)
-        if (weights is None) == (opts.get("checkpoint") is None):
+    def check(cls, options, spec) -> None:
+        weights = _weights(options)
+        if (weights is None) == (options.checkpoint is None):
             raise SpecError(f"{FIELD}.weights", "give weights (a torchvision enum member) or checkpoint (a state dict file)")
-        if weights is None and "preprocess" not in opts:
+        if weights is None and options.preprocess is None:
             raise SpecError(f"{FIELD}.preprocess", "is required with a checkpoint: size, resize, mean, std")
-        if "preprocess" in opts:
-            parse_preprocess(opts["preprocess"], f"{FIELD}.preprocess")
-        positive_int(opts, "num_classes", FIELD)
-        class_map_for(spec, opts, cls._labels(opts, weights), opts.get("num_classes"))
+        class_map_for(spec, _labels(options, weights), options.class_map, options.num_classes)
 
-    @staticmethod
-    def _labels(opts, weights):
-        return list(weights.meta["categories"]) if weights is not None and "categories" in weights.meta else "imagenet"
-
-    def __init__(self, role_spec, spec):
+    def __init__(self, options, role_spec, spec):
         import torchvision
 
-        opts = role_spec.options
-        weights = _weights(opts)
-        kwargs = {"num_classes": opts["num_classes"]} if opts.get("num_classes") else {}
-        model = torchvision.models.get_model(opts["model"], weights=weights, **kwargs)
-        if opts.get("checkpoint"):
-            load_into(model, opts["checkpoint"], f"{FIELD}.checkpoint")
-        if "preprocess" in opts:
-            transform = parse_preprocess(opts["preprocess"], f"{FIELD}.preprocess")
+        weights = _weights(options)
+        kwargs = {"num_classes": options.num_classes} if options.num_classes else {}
+        model = torchvision.models.get_model(options.model, weights=weights, **kwargs)
+        if options.checkpoint:
+            load_into(model, options.checkpoint, f"{FIELD}.checkpoint")
+        if options.preprocess is not None:
+            transform = transform_from_settings(options.preprocess)
         else:
             preset = weights.transforms()
             transform = EvalTransform(preset.crop_size, preset.resize_size, preset.interpolation.value,
                                       preset.mean, preset.std)
-        n_outputs = opts.get("num_classes") or len(weights.meta.get("categories", [])) or 1000
-        self._setup(role_spec, spec, model, transform, self._labels(opts, weights), n_outputs)
+        n_outputs = options.num_classes or len(weights.meta.get("categories", [])) or 1000
+        self._setup(role_spec, spec, model, transform, _labels(options, weights), options.class_map, n_outputs)

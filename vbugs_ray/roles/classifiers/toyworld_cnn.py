@@ -7,16 +7,17 @@ cached by its config; actors only load the cached weights.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from vbugs_ray.roles.classifiers.labels import ClassMap
-from vbugs_ray.roles.generators.toyworld import resolution_of
-from vbugs_ray.spec import SpecError
+from vbugs_ray.errors import SpecError
+from vbugs_ray.fields import option
+from vbugs_ray.roles.classifiers._labels import ClassMap
 from vbugs_ray.toyworld import classifier as toy
 from vbugs_ray.toyworld import renderer
 
-OPTIONS = ("train_images", "epochs", "seed", "bugs")
 BUG_KEYS = ("where", "keep", "spurious", "strength")
 
 
@@ -32,6 +33,7 @@ def _props(value, where: str, what: str) -> dict:
 
 
 def parse_bugs(raw, field: str = "classifier.options.bugs") -> list[toy.PlantedBug]:
+    """The planted bugs, checked: each names renderer properties and values it can draw."""
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -63,42 +65,35 @@ def parse_bugs(raw, field: str = "classifier.options.bugs") -> list[toy.PlantedB
     return bugs
 
 
-def _int_option(options: dict, key: str, default: int, low: int) -> int:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SpecError(f"classifier.options.{key}", f"expected an integer >= {low}; got {value!r}")
-    return value
-
-
-def training_config(role_spec, spec) -> dict:
-    opts = role_spec.options
-    return toy.training_config(
-        classes=spec.classes,
-        bugs=parse_bugs(opts.get("bugs")),
-        train_images=_int_option(opts, "train_images", 10000, 100),
-        epochs=_int_option(opts, "epochs", 6, 1),
-        seed=_int_option(opts, "seed", 0, 0),
-        resolution=resolution_of(spec.generator),
-    )
+def training_config(options, spec) -> dict:
+    """The toy classifier's training run: its options, the spec's classes, and the resolution
+    the spec's generator draws at (read from the generator's options, as data)."""
+    return toy.training_config(classes=spec.classes, bugs=options.bugs, train_images=options.train_images,
+                               epochs=options.epochs, seed=options.seed,
+                               resolution=renderer.resolution_in(spec.generator.options))
 
 
 class ToyWorldClassifier:
-    OPTIONS = OPTIONS  # option keys the registry accepts for this backend
+    @dataclass(frozen=True)
+    class Options:
+        train_images: int = option(10000, kind=int, low=100)
+        epochs: int = option(6, kind=int, low=1)
+        seed: int = option(0, kind=int, low=0)
+        bugs: list = option([], parse=parse_bugs)
 
     @classmethod
-    def validate(cls, role_spec, spec) -> None:
-        training_config(role_spec, spec)
-        for i, bug in enumerate(parse_bugs(role_spec.options.get("bugs"))):
+    def check(cls, options, spec) -> None:
+        for i, bug in enumerate(options.bugs):
             cls_value = bug.where.get("class")
             if cls_value is not None and cls_value not in spec.classes:
                 raise SpecError(f"classifier.options.bugs[{i}].where.class", f"'{cls_value}' is not one of the spec's classes")
 
     @classmethod
-    def prepare(cls, role_spec, spec, progress=print) -> None:
-        toy.load_or_train(training_config(role_spec, spec), progress)
+    def prepare(cls, options, spec, progress=print) -> None:
+        toy.load_or_train(training_config(options, spec), progress)
 
-    def __init__(self, role_spec, spec):
-        self.model = toy.load_or_train(training_config(role_spec, spec), progress=lambda _: None)
+    def __init__(self, options, role_spec, spec):
+        self.model = toy.load_or_train(training_config(options, spec), progress=lambda _: None)
         # the toy CNN's outputs are the spec's classes, in order
         self.class_map = ClassMap(spec.classes, spec.classes, [[i] for i in range(len(spec.classes))])
 

@@ -11,14 +11,12 @@ actor: the filter and the captioner ask for the same prompts again and again.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from vbugs_ray.roles.device import resolve_device, resolve_dtype
-from vbugs_ray.roles.preprocess import EvalTransform
-from vbugs_ray.spec import SpecError
+from vbugs_ray.errors import SpecError
+from vbugs_ray.fields import REQUIRED, option
+from vbugs_ray.roles.embedders._open_clip_model import OpenCLIPModel
 
 FIELD = "embedder.options"
 
@@ -38,20 +36,16 @@ def register_config(path) -> str:
     return file.stem
 
 
-def check_model(options: dict) -> None:
+def check_model(options) -> None:
     import open_clip
 
-    name, pretrained = options.get("model"), options.get("pretrained")
-    if options.get("config"):
-        register_config(options["config"])
-    if not isinstance(name, str) or not name:
-        raise SpecError(f"{FIELD}.model", "is required: an open_clip model name (open_clip.list_models())")
+    name, pretrained = options.model, options.pretrained
+    if options.config:
+        register_config(options.config)
     if not name.startswith("hf-hub:") and name not in open_clip.list_models():
         raise SpecError(f"{FIELD}.model", f"unknown open_clip model {name!r}; see open_clip.list_models(), e.g. ViT-B-32")
     if pretrained is None or name.startswith("hf-hub:"):
         return
-    if not isinstance(pretrained, str):
-        raise SpecError(f"{FIELD}.pretrained", f"expected a pretrained tag or a checkpoint path; got {pretrained!r}")
     tags = open_clip.list_pretrained_tags_by_model(name)
     looks_like_path = "/" in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
     if pretrained not in tags and not looks_like_path:
@@ -61,51 +55,18 @@ def check_model(options: dict) -> None:
         raise SpecError(f"{FIELD}.pretrained", f"no checkpoint file at {pretrained}")
 
 
-class OpenCLIPEmbedder:
-    OPTIONS = ("model", "pretrained", "config")
+class OpenCLIPEmbedder(OpenCLIPModel):
+    @dataclass(frozen=True)
+    class Options:
+        model: str = option(REQUIRED, kind=str, doc="an open_clip model name (open_clip.list_models())")
+        pretrained: str | None = option(None, kind=str, doc="a pretrained tag or a checkpoint path")
+        config: str | None = option(None, kind=str, doc="a model config JSON")
 
     @classmethod
-    def validate(cls, role_spec, spec) -> None:
-        check_model(role_spec.options)
+    def check(cls, options, spec) -> None:
+        check_model(options)
 
-    def __init__(self, role_spec, spec):
-        opts = role_spec.options
-        if opts.get("config"):
-            register_config(opts["config"])
-        self._load("embedder", role_spec, opts["model"], opts.get("pretrained"))
-
-    def _load(self, role: str, role_spec, name: str, pretrained: str | None) -> None:
-        import open_clip
-
-        self.device = resolve_device(role, role_spec)
-        self.dtype = resolve_dtype(role, role_spec, self.device)
-        try:
-            model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained)
-        except (RuntimeError, ValueError, OSError) as exc:
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise SpecError(f"{role}.options.pretrained", f"open_clip could not load {name} / {pretrained}: {reason}") from None
-        self.model = model.eval().to(self.device, self.dtype)
-        self.tokenizer = open_clip.get_tokenizer(name)
-        cfg = self.model.visual.preprocess_cfg
-        size = cfg["size"] if isinstance(cfg["size"], (tuple, list)) else (cfg["size"], cfg["size"])
-        resize = size if cfg.get("resize_mode") == "squash" else min(size)
-        self.transform = EvalTransform(size, resize, cfg.get("interpolation", "bicubic"), cfg["mean"], cfg["std"])
-        self._text_cache: dict[str, np.ndarray] = {}
-
-    def preprocess(self, images: np.ndarray) -> torch.Tensor:
-        return self.transform(images, self.device, self.dtype)
-
-    @torch.inference_mode()
-    def embed_images(self, images: np.ndarray) -> np.ndarray:
-        """(N, D) float32, unit length."""
-        return self.model.encode_image(self.preprocess(images), normalize=True).float().cpu().numpy()
-
-    @torch.inference_mode()
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """(N, D) float32, unit length; each distinct text is encoded once per actor."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if missing:
-            tokens = self.tokenizer(missing).to(self.device)
-            feats = self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
-            self._text_cache.update(zip(missing, feats))
-        return np.stack([self._text_cache[t] for t in texts])
+    def __init__(self, options, role_spec, spec):
+        if options.config:
+            register_config(options.config)
+        self._load("embedder", role_spec, options.model, options.pretrained)

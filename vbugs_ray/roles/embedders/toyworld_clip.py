@@ -7,43 +7,41 @@ is cached; text embeddings are cached per actor.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from vbugs_ray.roles.embedders.open_clip import OpenCLIPEmbedder
-from vbugs_ray.roles.generators.toyworld import resolution_of
-from vbugs_ray.spec import SpecError
+from vbugs_ray.errors import SpecError
+from vbugs_ray.fields import option
+from vbugs_ray.roles.embedders._open_clip_model import OpenCLIPModel
 from vbugs_ray.toyworld import clip as toyclip
-
-OPTIONS = ("steps", "seed")
-
-
-def training_config(role_spec, spec) -> dict:
-    opts = role_spec.options
-    for key in OPTIONS:
-        value = opts.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise SpecError(f"embedder.options.{key}", f"expected a non-negative integer; got {value!r}")
-    return toyclip.training_config(steps=opts.get("steps", 1000), seed=opts.get("seed", 0),
-                                   resolution=resolution_of(spec.generator))
+from vbugs_ray.toyworld import renderer
 
 
-class ToyWorldCLIPEmbedder(OpenCLIPEmbedder):
-    OPTIONS = OPTIONS  # option keys the registry accepts for this backend
+def training_config(options, spec) -> dict:
+    return toyclip.training_config(steps=options.steps, seed=options.seed,
+                                   resolution=renderer.resolution_in(spec.generator.options))
+
+
+class ToyWorldCLIPEmbedder(OpenCLIPModel):
+    @dataclass(frozen=True)
+    class Options:
+        steps: int = option(1000, kind=int, low=0)
+        seed: int = option(0, kind=int, low=0)
 
     @classmethod
-    def validate(cls, role_spec, spec) -> None:
+    def check(cls, options, spec) -> None:
         if spec.generator.backend != "toyworld":
             raise SpecError("embedder.backend", "toyworld_clip only knows toy-world images; use open_clip for real generators")
-        training_config(role_spec, spec)
 
     @classmethod
-    def prepare(cls, role_spec, spec, progress=print) -> None:
-        toyclip.checkpoint_path(training_config(role_spec, spec), progress)
+    def prepare(cls, options, spec, progress=print) -> None:
+        toyclip.checkpoint_path(training_config(options, spec), progress)
 
-    def __init__(self, role_spec, spec):
+    def __init__(self, options, role_spec, spec):
         toyclip.register_config()
-        path = toyclip.checkpoint_path(training_config(role_spec, spec), progress=lambda _: None)
+        path = toyclip.checkpoint_path(training_config(options, spec), progress=lambda _: None)
         self._load("embedder", role_spec, toyclip.MODEL_NAME, str(path))
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:

@@ -17,26 +17,17 @@ The role's ``dtype`` is the pipeline's ``torch_dtype``.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from vbugs_ray.errors import SpecError
+from vbugs_ray.fields import REQUIRED, option
 from vbugs_ray.roles.device import resolve_device, resolve_dtype
 from vbugs_ray.roles.weights import check_pretrained_source, read_tensors
-from vbugs_ray.spec import SpecError
 
 FIELD = "generator.options"
-OPTIONS = ("model", "revision", "variant", "scheduler", "steps", "guidance_scale", "height", "width",
-           "negative_prompt", "compile", "attention_slicing", "vae_tiling", "tokens")
-
-
-def _check_int(opts: dict, key: str, low: int, multiple: int = 1) -> None:
-    value = opts.get(key)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or value % multiple:
-        extra = f" and a multiple of {multiple}" if multiple > 1 else ""
-        raise SpecError(f"{FIELD}.{key}", f"expected an integer >= {low}{extra}; got {value!r}")
 
 
 def check_scheduler(name) -> None:
@@ -56,11 +47,10 @@ def load_token_file(path: str, field: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_tokens(tokens) -> None:
-    if tokens is None:
-        return
-    if not isinstance(tokens, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tokens.items()):
-        raise SpecError(f"{FIELD}.tokens", "expected a mapping token -> textual-inversion file, e.g. {'<class_17>': tokens/17.safetensors}")
+def _tokens(value, field: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SpecError(field, "expected a mapping token -> textual-inversion file, e.g. {'<class_17>': tokens/17.safetensors}")
+    return dict(value)
 
 
 def load_tokens(pipe, tokens: dict[str, str]) -> None:
@@ -81,68 +71,66 @@ def load_tokens(pipe, tokens: dict[str, str]) -> None:
 
 
 class DiffusersGenerator:
-    OPTIONS = OPTIONS
+    @dataclass(frozen=True)
+    class Options:
+        model: str = option(REQUIRED, kind=str, doc="a hub id (stabilityai/sd-turbo) or a save_pretrained folder")
+        revision: str | None = option(None, kind=str)
+        variant: str | None = option(None, kind=str)
+        scheduler: str | None = option(None, kind=str)
+        steps: int = option(25, kind=int, low=1)
+        guidance_scale: float = option(7.5, kind=float, low=0, doc="0 or 1: no guidance")
+        height: int | None = option(None, kind=int, low=8, multiple=8)
+        width: int | None = option(None, kind=int, low=8, multiple=8)
+        negative_prompt: str | None = option(None, kind=str)
+        compile: bool = option(False, kind=bool)
+        attention_slicing: bool = option(False, kind=bool)
+        vae_tiling: bool = option(False, kind=bool)
+        tokens: dict = option({}, parse=_tokens)
 
     @classmethod
-    def validate(cls, role_spec, spec) -> None:
-        opts = role_spec.options
-        check_pretrained_source(opts.get("model"), f"{FIELD}.model", "stabilityai/sd-turbo", "model_index.json",
+    def check(cls, options, spec) -> None:
+        check_pretrained_source(options.model, f"{FIELD}.model", "stabilityai/sd-turbo", "model_index.json",
                                 "diffusers pipeline")
-        if "scheduler" in opts:
-            check_scheduler(opts["scheduler"])
-        _check_int(opts, "steps", 1)
-        for key in ("height", "width"):
-            _check_int(opts, key, 8, multiple=8)
-        guidance = opts.get("guidance_scale", 7.5)
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or guidance < 0:
-            raise SpecError(f"{FIELD}.guidance_scale", f"expected a number >= 0 (0 or 1: no guidance); got {guidance!r}")
-        for key in ("compile", "attention_slicing", "vae_tiling"):
-            if not isinstance(opts.get(key, False), bool):
-                raise SpecError(f"{FIELD}.{key}", "expected true or false")
-        for key in ("revision", "variant", "negative_prompt"):
-            if opts.get(key) is not None and not isinstance(opts[key], str):
-                raise SpecError(f"{FIELD}.{key}", f"expected a string; got {opts[key]!r}")
-        check_tokens(opts.get("tokens"))
+        if options.scheduler is not None:
+            check_scheduler(options.scheduler)
 
     @classmethod
-    def prepare(cls, role_spec, spec, progress=print) -> None:
+    def prepare(cls, options, spec, progress=print) -> None:
         """Unreadable token files fail here, before any actor starts."""
-        for token, path in (role_spec.options.get("tokens") or {}).items():
+        for token, path in options.tokens.items():
             load_token_file(path, f"{FIELD}.tokens.{token}")
 
-    def __init__(self, role_spec, spec):
+    def __init__(self, options, role_spec, spec):
         import diffusers
 
-        opts = role_spec.options
         self.device = resolve_device("generator", role_spec)
         self.dtype = resolve_dtype("generator", role_spec, self.device)
-        kwargs = {k: opts[k] for k in ("revision", "variant") if opts.get(k)}
+        kwargs = {k: getattr(options, k) for k in ("revision", "variant") if getattr(options, k)}
         try:
             with warnings.catch_warnings():  # newer diffusers renames torch_dtype to dtype; both load
                 warnings.simplefilter("ignore", FutureWarning)
-                pipe = diffusers.DiffusionPipeline.from_pretrained(opts["model"], torch_dtype=self.dtype, **kwargs)
+                pipe = diffusers.DiffusionPipeline.from_pretrained(options.model, torch_dtype=self.dtype, **kwargs)
         except (OSError, ValueError) as exc:
-            raise SpecError(f"{FIELD}.model", f"diffusers could not load {opts['model']!r}: "
+            raise SpecError(f"{FIELD}.model", f"diffusers could not load {options.model!r}: "
                             f"{str(exc).strip().splitlines()[0][:200]}") from None
-        if opts.get("scheduler"):
-            pipe.scheduler = getattr(diffusers, opts["scheduler"]).from_config(pipe.scheduler.config)
-        if opts.get("tokens"):
-            load_tokens(pipe, opts["tokens"])
+        if options.scheduler:
+            pipe.scheduler = getattr(diffusers, options.scheduler).from_config(pipe.scheduler.config)
+        if options.tokens:
+            load_tokens(pipe, options.tokens)
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
-        if opts.get("attention_slicing"):
+        if options.attention_slicing:
             pipe.enable_attention_slicing()
-        if opts.get("vae_tiling"):
+        if options.vae_tiling:
             pipe.vae.enable_tiling()
-        if opts.get("compile"):
+        if options.compile:
             for name in ("unet", "transformer"):
                 if getattr(pipe, name, None) is not None:
                     setattr(pipe, name, torch.compile(getattr(pipe, name)))
         self.pipe = pipe
-        self.call_kwargs = {"num_inference_steps": opts.get("steps", 25),
-                            "guidance_scale": float(opts.get("guidance_scale", 7.5))}
-        self.call_kwargs.update({k: opts[k] for k in ("height", "width") if opts.get(k)})
-        self.negative_prompt = opts.get("negative_prompt")
+        self.call_kwargs = {"num_inference_steps": options.steps, "guidance_scale": float(options.guidance_scale)}
+        self.call_kwargs.update({k: getattr(options, k) for k in ("height", "width") if getattr(options, k)})
+        self.negative_prompt = options.negative_prompt
 
     def generate(self, prompts: list[str], seeds: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8, one pipeline call for the whole batch."""

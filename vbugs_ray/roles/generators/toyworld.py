@@ -1,31 +1,27 @@
 """Generator backend ``toyworld``: the procedural renderer, driven by the prompt text only.
 
 Like a diffusion model, it sees the prompt and the row seed, not the row's metadata: whatever
-the prompt does not say varies at random.
+the prompt does not say varies at random. Option: ``resolution`` (pixels per side, 64).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from vbugs_ray.spec import SpecError
+from vbugs_ray.errors import SpecError
+from vbugs_ray.fields import option
 from vbugs_ray.toyworld import renderer
-
-OPTIONS = ("resolution",)
-
-
-def resolution_of(role_spec) -> int:
-    return int(role_spec.options.get("resolution", 64))
 
 
 class ToyWorldGenerator:
-    OPTIONS = OPTIONS  # option keys the registry accepts for this backend
+    @dataclass(frozen=True)
+    class Options:
+        resolution: int = option(renderer.DEFAULT_RESOLUTION, kind=int, low=16, high=512)
 
     @classmethod
-    def validate(cls, role_spec, spec) -> None:
-        res = role_spec.options.get("resolution", 64)
-        if not isinstance(res, int) or isinstance(res, bool) or not 16 <= res <= 512:
-            raise SpecError("generator.options.resolution", f"expected an integer in 16..512; got {res!r}")
+    def check(cls, options, spec) -> None:
         shapes = renderer.VOCABULARY["class"]
         for i, (name, words) in enumerate(zip(spec.classes, spec.class_phrases)):
             if renderer.parse_prompt(words).get("class") != name:
@@ -40,8 +36,8 @@ class ToyWorldGenerator:
                     raise SpecError(f"axes.{axis.name}", f"the toyworld generator cannot draw {axis.name} "
                                     f"'{value}' from the words {phrase!r}; known values: {known}")
 
-    def __init__(self, role_spec, spec):
-        self.resolution = resolution_of(role_spec)
+    def __init__(self, options, role_spec, spec):
+        self.resolution = options.resolution
 
     def generate(self, prompts: list[str], seeds: np.ndarray) -> np.ndarray:
         return renderer.render_prompts(prompts, [int(s) for s in seeds], self.resolution)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vbugs_ray.spec import SpecError
+from vbugs_ray.errors import SpecError
 
 
 def imagenet_names() -> list[str]:

@@ -1,0 +1,126 @@
+"""Declared options: a dataclass lists each option once, with its default and its rule, and
+``parse_options`` turns a spec mapping into an instance or a one-line ``SpecError``.
+
+Spec sections (``search``, ``filter``, ``run``, a role) and every backend's ``options`` are
+declared this way, so a default is written in one place and the same checks (an integer >= 1, a
+fraction, one of a list...) are never written twice::
+
+    @dataclass(frozen=True)
+    class Options:
+        model: str = option(REQUIRED, kind=str, doc="a hub id or a local folder")
+        steps: int = option(25, kind=int, low=1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from vbugs_ray.errors import SpecError
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a non-empty string",
+               dict: "a mapping", list: "a list"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one option is checked: its type, bounds, allowed values, or a custom parser."""
+
+    kind: type | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    multiple: int | None = None
+    choices: tuple | None = None
+    parse: Callable[[Any, str], Any] | None = None  # (value, field) -> value, raising SpecError
+    doc: str = ""
+
+    def check(self, value: Any, where: str) -> Any:
+        if self.parse is not None:
+            return self.parse(value, where)
+        if self.choices is not None:
+            if value not in self.choices:
+                raise SpecError(where, f"unknown value {value!r}; allowed: {', '.join(map(str, self.choices))}")
+            return value
+        if self.kind is None:
+            return value
+        if not _is_kind(value, self.kind):
+            extra = f" ({self.doc})" if self.doc else ""
+            raise SpecError(where, f"expected {_KIND_NAMES[self.kind]}{extra}; got {value!r}")
+        if self.kind in (int, float):
+            value = self.kind(value)
+            if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+                raise SpecError(where, f"must be {'>' if self.low_open else '>='} {self.low:g}; got {value!r}")
+            if self.high is not None and value > self.high:
+                raise SpecError(where, f"must be <= {self.high:g}; got {value!r}")
+            if self.multiple and value % self.multiple:
+                raise SpecError(where, f"must be a multiple of {self.multiple}; got {value!r}")
+        return value
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str) and bool(value.strip())
+    return isinstance(value, kind)
+
+
+def option(default: Any = REQUIRED, **rule: Any) -> Any:
+    """A dataclass field with its rule (see ``Rule``). ``None`` as default: optional, unset."""
+    if isinstance(default, (dict, list)):
+        factory = (lambda d=default: type(d)(d))
+        return dataclasses.field(default_factory=factory, metadata={"rule": Rule(**rule)})
+    return dataclasses.field(default=default, metadata={"rule": Rule(**rule)})
+
+
+def check_value(value: Any, where: str, **rule: Any) -> Any:
+    """One value against a rule, outside any declared dataclass (top-level spec fields)."""
+    return Rule(**rule).check(value, where)
+
+
+def names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def parse_options(cls: type, raw: Any, where: str, noun: str = "key") -> Any:
+    """An instance of the declared dataclass ``cls`` from a spec mapping (None: all defaults).
+    Unknown keys, missing required ones and values breaking a rule raise SpecError naming
+    ``where.key``."""
+    if raw is None:
+        raw = {}
+    allowed = names(cls)
+    if not isinstance(raw, Mapping):
+        raise SpecError(where or "<top>", f"expected a mapping with keys {', '.join(allowed)}; got {type(raw).__name__}")
+    for key in raw:
+        if key not in allowed:
+            raise SpecError(_join(where, str(key)), f"unknown {noun}; allowed: {', '.join(allowed)}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        rule: Rule = f.metadata.get("rule", Rule())
+        field_path = _join(where, f.name)
+        if f.name in raw and raw[f.name] is not None:
+            values[f.name] = rule.check(raw[f.name], field_path)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
+        if default is REQUIRED:
+            raise SpecError(field_path, f"is required{': ' + rule.doc if rule.doc else ''}")
+        values[f.name] = default
+    return cls(**values)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key

@@ -1,0 +1,119 @@
+"""Parquet tables as encoded shards, so that no process holds the whole table.
+
+A shard is about ``SHARD_ROWS`` rows of whole Parquet row groups, taken from one file or from
+several small ones (a run store writes many files of a few thousand rows), so that the number
+of counting tasks follows the table's size, not its file count. Pass 1 (one call per shard):
+each feature's value counts (categorical) or a sample (numeric); the driver merges them into one
+encoding per feature, the same for every shard. Pass 2 (one call per shard): the shard's columns
+become small integer codes (an ``EncodedShard``), which stay wherever the runner keeps results
+(in Ray's object store when the layer above passes a Ray runner).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from vbugs_ray.slices.counts import EncodedShard, LocalRunner, Runner, ShardCounter
+from vbugs_ray.slices.encode import Encoding, build_encodings, is_numeric, profile_table
+
+SHARD_ROWS = 1_000_000
+Piece = tuple[tuple[str, tuple[int, ...]], ...]  # ((file, row groups), ...): one shard's rows
+
+
+def parquet_files(path: str | Path) -> list[str]:
+    """The Parquet files of a file or a directory (recursively; hidden and _ files skipped)."""
+    path = Path(path)
+    if path.is_file():
+        return [str(path)]
+    if not path.is_dir():
+        raise FileNotFoundError(f"no Parquet file or directory at {path}")
+    files = sorted(pads.dataset(str(path), format="parquet").files)
+    if not files:
+        raise FileNotFoundError(f"{path} holds no Parquet files")
+    return files
+
+
+def shard_pieces(files: Sequence[str], target_rows: int = SHARD_ROWS) -> list[Piece]:
+    """Whole row groups, in file order, cut into shards of about ``target_rows`` rows: a large
+    file spreads over several shards, many small files share one."""
+    pieces: list[Piece] = []
+    current: list[tuple[str, tuple[int, ...]]] = []
+    groups: list[int] = []
+    rows = 0
+    for file in files:
+        meta = pq.ParquetFile(file).metadata
+        for g in range(meta.num_row_groups):
+            groups.append(g)
+            rows += meta.row_group(g).num_rows
+            if rows >= target_rows:
+                current.append((file, tuple(groups)))
+                pieces.append(tuple(current))
+                current, groups, rows = [], [], 0
+        if groups:
+            current.append((file, tuple(groups)))
+            groups = []
+    if current:
+        pieces.append(tuple(current))
+    return pieces
+
+
+def piece_rows(pieces: Sequence[Piece]) -> int:
+    return sum(pq.ParquetFile(f).metadata.row_group(g).num_rows for piece in pieces for f, gs in piece for g in gs)
+
+
+def spans_shards(pieces: Sequence[Piece]) -> bool:
+    """More than one shard's worth of rows: worth spreading over workers (starting Ray costs
+    seconds, counting a shard in-process well under that)."""
+    return len(pieces) > 1 and piece_rows(pieces) > SHARD_ROWS
+
+
+def _read(piece: Piece, columns: list[str], valid_col: str | None = None) -> pa.Table:
+    """Some columns of a shard; with ``valid_col``, only the rows where that column is true.
+    Text columns come back dictionary-encoded (as Parquet stores them): a few distinct values and
+    small integer indices, which is all the encoding needs."""
+    wanted = [*columns, valid_col] if valid_col else list(columns)
+    parts = []
+    for file, groups in piece:
+        handle = pq.ParquetFile(file)
+        schema = handle.schema_arrow
+        text = [c for c in columns if not is_numeric(schema.field(c).type) and not pa.types.is_boolean(schema.field(c).type)]
+        handle = pq.ParquetFile(file, read_dictionary=text)
+        parts.append(handle.read_row_groups(list(groups), columns=wanted))
+    table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    if valid_col is None:
+        return table
+    return table.filter(pc.fill_null(table.column(valid_col), False)).select(columns)
+
+
+def profile_piece(piece: Piece, index: int, features: Sequence[str], valid_col: str | None = None) -> dict:
+    """Per feature: value -> count (categorical) or a random sample (numeric) of one shard."""
+    return profile_table(_read(piece, list(features), valid_col), features, seed=[index, 7])
+
+
+def encode_piece(piece: Piece, features: Sequence[str], encodings: list[Encoding], error_col: str,
+                 loss_col: str | None, valid_col: str | None = None) -> EncodedShard:
+    table = _read(piece, [*features, error_col, *([loss_col] if loss_col else [])], valid_col)
+    error = table.column(error_col).to_numpy(zero_copy_only=False).astype(bool)
+    loss = None if loss_col is None else table.column(loss_col).to_numpy(zero_copy_only=False).astype(np.float64)
+    codes = np.stack([enc.encode(table.column(f)) for f, enc in zip(features, encodings)])
+    return EncodedShard(codes, np.nonzero(error)[0].astype(np.int64), loss)
+
+
+def parquet_counter(pieces: Sequence[Piece], error_col: str, features: Sequence[str], loss_col: str | None = None,
+                    max_values: int = 20, n_bins: int = 10, runner: Runner | None = None,
+                    valid_col: str | None = None) -> ShardCounter:
+    """A counter over the shards of a Parquet table. With ``valid_col``, rows where that boolean
+    column is false are left out of every count (the CLIP filter's failed generations)."""
+    run = runner or LocalRunner()
+    names = list(features)
+    profiles = run.get([run.submit(profile_piece, p, i, names, valid_col) for i, p in enumerate(pieces)])
+    encodings = build_encodings(profiles, names, max_values, n_bins)
+    shards = [run.submit(encode_piece, p, names, encodings, error_col, loss_col, valid_col) for p in pieces]
+    return ShardCounter(names, [e.labels for e in encodings], shards, run)
