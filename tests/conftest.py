@@ -1,13 +1,58 @@
-"""Shared fixtures: one local Ray per test session, the default toy-world spec as data."""
+"""Shared fixtures: one local Ray per test session, the default toy-world spec as data, and a
+check that every test is marked for the costly things it does (``ray``, ``cli``, ``trains``),
+so that a marker can be trusted to select or skip them."""
 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from vbugs_ray.spec import DEFAULT_SPEC, parse_spec
+
+
+@pytest.fixture(autouse=True)
+def _marked_for_what_it_does(request, monkeypatch):
+    """Fail a test that starts Ray, runs the vbugs command or trains toy models unmarked."""
+    marks = {m.name for m in request.node.iter_markers()}
+
+    def require(mark: str, doing: str) -> None:
+        if mark not in marks:
+            pytest.fail(f"{request.node.nodeid} {doing} but is not marked @pytest.mark.{mark}", pytrace=False)
+
+    if "ray_session" in request.fixturenames:
+        require("ray", "uses Ray")
+    popen = subprocess.Popen
+
+    class CheckedPopen(popen):
+        def __init__(self, args, *rest, **kwargs):
+            if any("vbugs" in str(a) for a in (args if isinstance(args, (list, tuple)) else [args])):
+                require("cli", "runs the vbugs command")
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", CheckedPopen)
+    from vbugs_ray.toyworld import classifier, clip
+
+    for module in (classifier, clip):
+        trained = module.trained
+
+        def checked(*args, _trained=trained, **kwargs):
+            require("trains", "loads or trains a toy-world model")
+            return _trained(*args, **kwargs)
+
+        monkeypatch.setattr(module, "trained", checked)
+    if "ray" in sys.modules:
+        ray = sys.modules["ray"]
+        init = ray.init
+
+        def checked_init(*args, **kwargs):
+            require("ray", "starts Ray")
+            return init(*args, **kwargs)
+
+        monkeypatch.setattr(ray, "init", checked_init)
 
 
 @pytest.fixture(scope="session")

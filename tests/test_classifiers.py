@@ -135,6 +135,7 @@ def test_bad_classifier_options_name_the_field(spec_dict, classifier, field):
     assert err.value.field == field and "\n" not in str(err.value)
 
 
+@pytest.mark.cli
 def test_unknown_model_and_unreadable_weights_are_one_line_cli_errors(spec_dict, tmp_path):
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"this is not a checkpoint")

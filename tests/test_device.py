@@ -29,6 +29,7 @@ def test_auto_falls_back_to_cpu_and_half_precision_to_float32():
     assert err.value.field == "classifier.dtype"
 
 
+@pytest.mark.cli
 @no_cuda
 def test_asking_for_cuda_without_one_is_a_one_line_error(tiny_models, tiny_spec_dict, tmp_path):
     with pytest.raises(SpecError) as err:

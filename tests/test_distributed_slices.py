@@ -33,6 +33,7 @@ def sharded_table(tmp_path_factory):
     return root, cols, error, loss
 
 
+@pytest.mark.ray
 def test_shards_give_the_same_result_as_one_table(sharded_table, ray_session):
     root, cols, error, loss = sharded_table
     features = [f"f{j}" for j in range(5)] + ["bucket"]
@@ -53,6 +54,7 @@ def test_shards_give_the_same_result_as_one_table(sharded_table, ray_session):
     assert counter.values[features.index("bucket")] == ["0", "1", "2"]
 
 
+@pytest.mark.ray
 def test_numeric_columns_are_binned(sharded_table, ray_session):
     root, *_ = sharded_table
     pieces = shard_pieces(parquet_files(root), target_rows=10_000)
@@ -66,6 +68,7 @@ def _vbugs(*args):
     return subprocess.run([sys.executable, "-m", "vbugs_ray.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.cli
 def test_cli_table_search_writes_flagged_slices(sharded_table, tmp_path):
     root, *_ = sharded_table
     out = tmp_path / "slices.json"
@@ -77,6 +80,7 @@ def test_cli_table_search_writes_flagged_slices(sharded_table, tmp_path):
     assert report["lattice_size"] == 5 * 4 + 10 * 16 and report["evaluated_slices"] <= report["lattice_size"]
 
 
+@pytest.mark.cli
 def test_cli_table_errors_are_one_line(sharded_table, tmp_path):
     root, *_ = sharded_table
     done = _vbugs("slices", "--table", str(root), "--error-col", "wrong")

@@ -13,7 +13,7 @@ from vbugs_ray.errors import SpecError
 from vbugs_ray.spec import parse_spec
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_filter_marks_images_of_the_wrong_class(spec_dict):
     spec_dict["filter"] = {"class_top_k": 1}
     spec = parse_spec(spec_dict)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -45,6 +46,7 @@ def test_learned_token_trains_only_its_row_and_loads_into_the_generator(tiny_mod
     assert image.shape == (1, 64, 64, 3)
 
 
+@pytest.mark.cli
 def test_learn_tokens_cli_errors_are_one_line(tiny_models, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

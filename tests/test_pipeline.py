@@ -30,7 +30,7 @@ def _batch(spec, n=12):
     return {name: grid.column(name).to_numpy(zero_copy_only=False) for name in grid.column_names}
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_stages_on_a_plain_batch(spec_dict):
     spec = _small_spec(spec_dict)
     batch = _batch(spec)
@@ -55,7 +55,8 @@ def test_stages_on_a_plain_batch(spec_dict):
     assert row["top5"][0] == row["pred"] and len(row["embedding"]) == batch["embedding"].shape[1]
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.trains
 def test_end_to_end_on_ray_is_resumable(spec_dict, ray_session, tmp_path):
     spec_dict["classifier"]["num_gpus"] = 0.5  # a GPU stage: its actor pool reserves half a (logical) GPU
     spec = _small_spec(spec_dict)
@@ -102,7 +103,7 @@ def test_end_to_end_on_ray_is_resumable(spec_dict, ray_session, tmp_path):
         generate_rows(parse_spec(spec_dict), run_dir, progress=lambda _: None)
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_local_executor_writes_the_same_rows(spec_dict, tmp_path):
     spec = _small_spec(spec_dict, budget=120, shard_rows=120, executor="local")
     store = generate_rows(spec, tmp_path / "local", progress=lambda _: None)
@@ -116,6 +117,7 @@ def _vbugs(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "vbugs_ray.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.cli
 def test_cli_bad_spec_is_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("classes: [circle]\naxes: {lighting: [day]}\nprompt: '{class} {lighting}'\n"
@@ -127,6 +129,7 @@ def test_cli_bad_spec_is_one_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.cli
 def test_cli_slices_on_missing_run_is_one_line(tmp_path):
     done = _vbugs("slices", str(tmp_path / "nothing"))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1

@@ -31,7 +31,7 @@ def test_transformers_captioner_loads_a_saved_folder(tiny_spec_dict):
     assert len(captions) == 3 and all(isinstance(c, str) and c for c in captions)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_tiny_real_audit_on_ray_writes_a_valid_run_store(tiny_spec_dict, ray_session, tmp_path):
     tiny_spec_dict["run"] = {"executor": "ray", "shard_rows": 16}
     for role in ("generator", "classifier", "embedder"):

@@ -48,7 +48,7 @@ def _error_rate(model, props, seed0):
     return float(np.mean(pred != labels))
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_planted_bias_training_plants_the_bugs(default_spec):
     """The default spec's classifier fails more where the bugs are planted than elsewhere."""
     from vbugs_ray.roles.classifiers.toyworld_cnn import training_config
@@ -67,7 +67,7 @@ def test_planted_bias_training_plants_the_bugs(default_spec):
     assert _error_rate(model, square_off_grass, 30_000) > base + 0.05
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_toy_clip_zero_shot(default_spec):
     """Zero-shot on fresh renders: class > 90%, the spec's axes and size > 80% (prompt ensembles).
     (Clutter, the count of small distractor discs, reaches about 70%: not asserted.)"""
@@ -85,7 +85,7 @@ def test_toy_clip_zero_shot(default_spec):
         assert accuracy > (0.9 if prop == "class" else 0.8), f"{prop}: zero-shot accuracy {accuracy:.3f}"
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_retrieval_captioner_names_what_sets_a_slice_apart(default_spec):
     embedder = registry.create("embedder", default_spec.embedder, default_spec)
     captioner = registry.create("captioner", default_spec.captioner, default_spec, embedder=embedder)
