@@ -92,3 +92,15 @@ def test_cli_table_errors_are_one_line(sharded_table, tmp_path):
     assert done.returncode == 2 and "no Parquet file or directory" in done.stderr
     done = _vbugs("slices", "--table", str(root), "--max-order", "9")
     assert done.returncode == 2 and "search.max_order" in done.stderr
+
+
+def test_a_shard_is_about_a_million_rows_of_whole_row_groups(sharded_table, tmp_path):
+    """Many small files share a shard (a run store's 4,096-row files are counted together); a
+    large file is cut at row-group boundaries."""
+    root, *_ = sharded_table
+    files = parquet_files(root)  # 4 files of 10,000 rows, one row group each
+    assert shard_pieces(files) == [tuple((f, (0,)) for f in files)]  # 40k rows: one shard
+    assert [len(p) for p in shard_pieces(files, target_rows=20_000)] == [2, 2]
+    big = tmp_path / "big.parquet"
+    pq.write_table(pq.read_table(files[0]), big, row_group_size=2_500)  # one file, 4 row groups
+    assert shard_pieces([str(big)], target_rows=5_000) == [((str(big), (0, 1)),), ((str(big), (2, 3)),)]

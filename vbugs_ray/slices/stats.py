@@ -1,9 +1,11 @@
-"""Per-slice tests from counts: a slice S against its complement C on the error rate.
+"""Per-slice tests from counts, vectorised over slices.
 
-Null: errors are exchangeable between S and C (the error rate is the same). Alternative
-(one-sided): S fails more often than C. The test is Fisher's exact test in its hypergeometric
-form: given the total number of errors, how unlikely are at least ``k_s`` of them inside S.
-Vectorised over slices with scipy's hypergeometric survival function.
+Error rate, slice S against its complement C. Null: errors are exchangeable between S and C
+(the error rate is the same). Alternative (one-sided): S fails more often than C. Test:
+Fisher's exact test (hypergeometric: given the total number of errors, how unlikely are at
+least ``k_s`` of them inside S) where an expected cell count is small, the two-proportion z-test
+elsewhere (``error_rate_log_p``). Mean loss: one-sided Welch t-test from sums (``welch_greater``).
+Also: the effect size, Clopper-Pearson intervals, and alpha-investing.
 """
 
 from __future__ import annotations
