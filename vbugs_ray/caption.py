@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vbugs_ray.roles import registry
+from vbugs_ray.roles.protocols import Captioner
 from vbugs_ray.spec import AuditSpec
 from vbugs_ray.store import RunStore
 
@@ -100,7 +101,7 @@ def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, featur
             plans.append((item, mask))
     if not plans:
         return
-    captioner = registry.create("captioner", spec.captioner, spec, embedder=_LazyEmbedder(spec))
+    captioner: Captioner = registry.create("captioner", spec.captioner, spec, embedder=_LazyEmbedder(spec))
     rng = np.random.default_rng(spec.seed)
     reader = _ColumnReader(store)
     k = captioner.sample_size

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from vbugs_ray.filter import ClipFilter
 from vbugs_ray.roles import registry
+from vbugs_ray.roles.protocols import Classifier, Embedder, Generator
 from vbugs_ray.spec import AuditSpec, RoleSpec
 from vbugs_ray.store import rows_table
 
@@ -38,7 +39,7 @@ class GenerateStage:
 
     def __init__(self, spec: AuditSpec):
         _limit_threads(spec.generator)
-        self.backend = registry.create("generator", spec.generator, spec)
+        self.backend: Generator = registry.create("generator", spec.generator, spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(batch)
@@ -52,7 +53,7 @@ class EmbedStage:
 
     def __init__(self, spec: AuditSpec):
         _limit_threads(spec.embedder)
-        self.backend = registry.create("embedder", spec.embedder, spec)
+        self.backend: Embedder = registry.create("embedder", spec.embedder, spec)
         self.filter = ClipFilter(spec, self.backend) if spec.filter is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -79,7 +80,7 @@ class ClassifyStage:
 
     def __init__(self, spec: AuditSpec):
         _limit_threads(spec.classifier)
-        self.backend = registry.create("classifier", spec.classifier, spec)
+        self.backend: Classifier = registry.create("classifier", spec.classifier, spec)
         self.class_map = self.backend.class_map
         self.class_names = np.asarray(spec.classes, dtype=object)
 
