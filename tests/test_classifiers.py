@@ -29,8 +29,9 @@ def _spec(spec_dict, classifier):
     return validate_backends(parse_spec(spec_dict))
 
 
-def _images(spec, n=12):
-    grid = build_grid(spec).slice(0, n)
+def _images(spec, n=12, rows=None):
+    grid = build_grid(spec)
+    grid = grid.slice(0, n) if rows is None else grid.take(list(rows))
     batch = {name: grid.column(name).to_numpy(zero_copy_only=False) for name in grid.column_names}
     return GenerateStage(spec)(batch)
 
@@ -80,30 +81,99 @@ def test_batched_preprocessing_matches_timms_own_transform():
     assert (ours - reference).abs().mean() < 0.005  # resampling differs by rounding only
 
 
-def test_torchvision_state_dict_and_module_backends(spec_dict, tmp_path):
+def _spread_mobilenet(num_classes: int) -> torch.nn.Module:
+    """A random mobilenet_v3_small whose outputs depend on its input: at torchvision's init the
+    activations vanish through the blocks (eval-mode batch norm with unit running variance) and the
+    head's weights are tiny, so every image scores 1/6 per class and a value check would see nothing.
+    Batch-norm statistics are set from one batch of noise and the linear layers re-drawn larger
+    (probabilities about 0.07-0.4 on toy-world images)."""
     import torchvision
+
+    model = torchvision.models.get_model("mobilenet_v3_small", num_classes=num_classes)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 1.0
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.1 / module.in_features ** 0.5)
+    model.train()
+    with torch.no_grad():
+        model((torch.rand(16, 3, 56, 56) - 0.5) / 0.25)
+    return model.eval()
+
+
+def _reference_proba(model: torch.nn.Module, images: np.ndarray, size: int, mean, std) -> np.ndarray:
+    """The evaluation preprocessing written out with torchvision's functional ops (resize the shorter
+    side to floor(size / 0.875), antialiased bilinear; centre crop; scale to [0, 1]; normalise), then
+    softmax of the logits: what the backends must compute."""
+    from torchvision.transforms.v2 import functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    x = F.resize(x, [int(size / 0.875)], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+    x = F.center_crop(x, [size, size]).float() / 255
+    x = F.normalize(x, mean, std)
+    with torch.no_grad():
+        return torch.softmax(model.eval()(x), dim=1).numpy()
+
+
+def test_torchvision_state_dict_and_module_backends(spec_dict, tmp_path):
+    """Both backends load the saved weights, preprocess as configured and score the spec's classes:
+    their probabilities match the same model rebuilt here from the file with the preprocessing
+    written out independently, and ClassifyStage's p_true / pred / error follow from them and the
+    class map (torchvision: output i is class i by label name; module: class i -> output i, outputs
+    6 and 7 count for no class)."""
+    import torchvision
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
 
     torch.manual_seed(0)
     tv_path = tmp_path / "mnv3.pth"
-    torch.save(torchvision.models.get_model("mobilenet_v3_small", num_classes=6).state_dict(), tv_path)
+    torch.save(_spread_mobilenet(6).state_dict(), tv_path)
     mod_path = tmp_path / "convnet.safetensors"
-    from safetensors.torch import save_file
+    convnet = tiny_convnet(num_classes=8)
+    with torch.no_grad():
+        convnet[-1].weight.mul_(5)  # spread the logits: top-1 varies across images
+    save_file(convnet.state_dict(), str(mod_path))
+    size, mean, std = 56, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    preprocess = {"size": size, "mean": mean, "std": std}
+    classes = list(spec_dict["classes"])
 
-    save_file(tiny_convnet(num_classes=8).state_dict(), str(mod_path))
-    preprocess = {"size": 56, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    for classifier, n_out in (
+    reference_tv = torchvision.models.get_model("mobilenet_v3_small", num_classes=6)
+    reference_tv.load_state_dict(torch.load(tv_path, weights_only=True))
+    reference_mod = tiny_convnet(num_classes=8)
+    reference_mod.load_state_dict(load_file(str(mod_path)))
+    for classifier, reference, n_out in (
         ({"backend": "torchvision", "options": {"model": "mobilenet_v3_small", "num_classes": 6,
                                                 "checkpoint": str(tv_path), "preprocess": preprocess,
-                                                "labels": list(spec_dict["classes"])}}, 6),
+                                                "labels": classes}}, reference_tv, 6),
         ({"backend": "module", "options": {"callable": "vbugs_ray.tiny:tiny_convnet", "kwargs": {"num_classes": 8},
                                            "checkpoint": str(mod_path), "preprocess": preprocess,
-                                           "class_map": {c: i for i, c in enumerate(spec_dict["classes"])}}}, 8),
+                                           "class_map": {c: i for i, c in enumerate(classes)}}}, reference_mod, 8),
     ):
         spec = _spec(dict(spec_dict), classifier)
         stage = ClassifyStage(spec)
-        batch = stage(_images(spec, 6))
-        assert stage.backend.predict_proba(batch["image"]).shape == (6, n_out)
-        assert np.all((batch["p_true"] >= 0) & (batch["p_true"] <= 1))
+        batch = stage(_images(spec, rows=range(0, 48, 4)))  # 12 rows across the classes
+        labels = np.asarray(batch["label"])
+        assert len(set(labels.tolist())) > 1
+        # the same scenes stretched to 70 x 90: the shorter side is resized (70 -> 64) and both sides cropped
+        odd_sized = np.stack([np.asarray(Image.fromarray(im).resize((90, 70), Image.BICUBIC)) for im in batch["image"]])
+        name = classifier["backend"]
+        for images in (batch["image"], odd_sized):
+            expected = _reference_proba(reference, images, size, mean, std)
+            got = stage.backend.predict_proba(images)
+            assert got.shape == (len(images), n_out)
+            np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{name}: probabilities")
+            assert np.ptp(expected) > 0.05  # far from uniform: the check above can see a change
+        probs = _reference_proba(reference, batch["image"], size, mean, std)
+        top1 = probs.argmax(axis=1)
+        output_names = classes if name == "torchvision" else [f"output_{i}" for i in range(n_out)]
+        np.testing.assert_allclose(batch["p_true"], probs[np.arange(len(labels)), labels], atol=1e-5)
+        np.testing.assert_allclose(batch["loss"], -np.log(batch["p_true"].astype(np.float64)), rtol=1e-5)
+        assert list(batch["pred_index"]) == list(top1)
+        assert list(batch["pred_label"]) == [i if i < len(classes) else -1 for i in top1]
+        assert list(batch["pred_name"]) == [output_names[i] for i in top1]
+        assert list(batch["pred"]) == [classes[i] if i < len(classes) else output_names[i] for i in top1]
+        np.testing.assert_array_equal(batch["error"], top1 != labels)
+        assert batch["error"].any() and not batch["error"].all(), f"{name}: top-1 {top1}, labels {labels}"
 
 
 def test_class_map_rules():

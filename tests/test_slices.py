@@ -35,19 +35,36 @@ def test_effect_and_interval():
     assert (low[0], high[0]) == pytest.approx((ref.low, ref.high))
 
 
+# A known library bug, kept visible: strict, so the marker must go once it is fixed.
+Z_TEST_ANTICONSERVATIVE = pytest.mark.xfail(strict=True, reason=(
+    "library bug: with rare errors (10%) slices of 150-600 rows take the pooled z-test (expected "
+    "errors >= 10), whose normal tail is too thin for the skewed binomial at BH's per-slice levels "
+    "(~alpha/112): 50/500 null runs flag something at alpha=0.05 (limit 37) and 140/500 at 0.2 "
+    "(limit 121); with Fisher's exact test throughout (min_expected=inf) 13/500 and 66/500"))
+
+
 @pytest.mark.parametrize("alpha", [0.05, 0.2])
-def test_calibration_no_planted_slice(alpha):
-    """Shuffled (independent) errors: runs with any discovery <= alpha, up to binomial noise."""
-    runs, any_flagged = 40, 0
+@pytest.mark.parametrize("base", [pytest.param(0.1, marks=Z_TEST_ANTICONSERVATIVE), 0.5])
+def test_calibration_no_planted_slice(alpha, base):
+    """Independent errors (no slice differs): BH at alpha flags something in at most a share alpha
+    of runs. Null of each run's slice tests: equal error rates in slice and complement; one-sided
+    alternative (higher). Under this global null every discovery is false, so BH's FDR guarantee is
+    P(any flagged slice) <= alpha. The check is one-sided (is the procedure above alpha?): the count
+    of runs with a flag is compared with the 99% quantile of Binomial(runs, alpha), a 1% false alarm,
+    one check per parametrisation (four, so at most ~4% for the file). Error rates 10% (typical) and
+    50% (symmetric: the normal approximation is good there)."""
+    runs = 500
+    limit = sps.binom.ppf(0.99, runs, alpha)  # P(X > limit | rate alpha) < 1%
+    # design: a procedure flagging at twice alpha passes with probability < 5%
+    assert sps.binom.cdf(limit, runs, 2 * alpha) < 0.05
     settings = SearchSettings(alpha=alpha, min_support=20, max_order=2, min_effect=0.0)
+    any_flagged = 0
     for seed in range(runs):
         rng = np.random.default_rng(seed)
-        cols = _table(rng)
-        errors = rng.permutation(rng.random(4000) < 0.1)
+        cols = _table(rng, n=2500)  # 4 features x 4 values: 112 slices of order <= 2
+        errors = rng.random(2500) < base
         any_flagged += bool(search_slices(cols, errors, settings).flagged)
-    # one-sided binomial bound: P(X >= limit | p = alpha) < 1%
-    limit = sps.binom.ppf(0.99, runs, alpha)
-    assert any_flagged <= limit, f"{any_flagged}/{runs} null runs flagged something at alpha={alpha}"
+    assert any_flagged <= limit, f"{any_flagged}/{runs} null runs flagged something at alpha={alpha} (limit {limit:.0f})"
 
 
 def test_power_planted_order_two_slice():
@@ -66,15 +83,36 @@ def test_power_planted_order_two_slice():
 
 
 def test_min_support_and_effect_filter():
+    """The support and effect filters cut exactly at their thresholds. A planted order-1 slice
+    (f0 = 1, error rate 12% vs 5%: significant, q ~ 1e-6, but a small effect of about 0.23) is
+    flagged while ``min_support`` <= its rows and ``min_effect`` <= its effect size (SliceFinder's,
+    computed here from the raw rows), and not once either threshold is just above it. Null of the
+    slice test: equal error rates; alternative: higher inside (one-sided); BH at alpha = 0.05."""
     rng = np.random.default_rng(3)
     cols = _table(rng, n=3000)
     errors = rng.random(3000) < 0.05
     big = search_slices(cols, errors, SearchSettings(min_support=10_000))
     assert big.evaluated == 0 and big.flagged == []
     inside = cols["f0"] == "1"
-    errors = np.where(inside, rng.random(3000) < 0.09, errors)  # significant but small effect
-    strict = search_slices(cols, errors, SearchSettings(min_effect=5.0))
-    assert strict.flagged == []
+    errors = np.where(inside, rng.random(3000) < 0.12, errors)  # significant but small effect
+    planted = {"f0": "1"}
+    n_inside = int(inside.sum())
+    effect = stats.effect_size(np.array([errors[inside].mean()]), np.array([errors[~inside].mean()]))[0]
+    assert 0.1 < effect < 1.0  # a small effect: the thresholds below are far from 0 and from 5
+
+    def flagged(**settings) -> dict | None:
+        result = search_slices(cols, errors, SearchSettings(**settings))
+        return next((s for s in result.flagged if s["predicates"] == planted), None)
+
+    found = flagged(min_effect=effect - 1e-6)
+    assert found is not None, f"planted slice (effect {effect:.4f}) not flagged at min_effect just below it"
+    assert found["effect"] == pytest.approx(effect, rel=1e-9) and found["n"] == n_inside
+    assert found["q_value"] <= 0.05
+    assert flagged(min_effect=effect + 1e-6) is None, f"flagged at min_effect above its effect {effect:.4f}"
+    assert flagged(min_effect=5.0) is None
+    # min_support: a slice is tested from exactly min_support rows on
+    assert flagged(min_effect=0.0, min_support=n_inside) is not None
+    assert flagged(min_effect=0.0, min_support=n_inside + 1) is None
 
 
 def test_children_of_a_flagged_slice_do_not_crowd_out_unrelated_failures():

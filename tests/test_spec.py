@@ -1,4 +1,6 @@
+import numpy as np
 import pytest
+from scipy import stats as sps
 
 from vbugs_ray.grid import build_grid, n_cells
 from vbugs_ray.errors import SpecError
@@ -114,8 +116,34 @@ def test_grid_seeds_depend_on_spec_seed_and_cell_only(spec_dict):
     assert key(build_grid(parse_spec(spec_dict))) != large_seeds
 
 
+def _cell_counts_of(spec_dict):
+    spec = parse_spec(spec_dict)
+    cells = build_grid(spec).column("cell").to_numpy()
+    return cells, np.bincount(cells, minlength=n_cells(spec))
+
+
 def test_random_sampling_rule_is_seeded(spec_dict):
+    """``sampling: random`` draws each image's cell independently and uniformly (a multinomial
+    draw of the budget over the cells), seeded by the spec. Null of the dispersion check: the
+    per-cell counts are such a draw; two-sided (balanced counts are far too even, a draw that
+    piles images into few cells far too uneven), at 1% (one check, no correction needed)."""
     spec_dict["sampling"] = "random"
-    a = build_grid(parse_spec(spec_dict)).column("cell").to_pylist()
-    assert a == build_grid(parse_spec(spec_dict)).column("cell").to_pylist()
-    assert len(a) == spec_dict["budget"]
+    a, counts = _cell_counts_of(spec_dict)
+    b, _ = _cell_counts_of(spec_dict)
+    np.testing.assert_array_equal(a, b)  # same spec, same rows
+    budget, cells = spec_dict["budget"], len(counts)
+    assert len(a) == budget and counts.sum() == budget
+    assert np.all(np.diff(a) >= 0)  # rows ordered by cell
+    # not the balanced rule: under it every cell gets budget // cells or one more
+    assert counts.max() - counts.min() > 1, f"random sampling gave balanced counts {np.unique(counts)}"
+    # multinomial dispersion: Pearson's statistic ~ chi2(cells - 1) under the null (expected 10 per cell)
+    chi2 = ((counts - budget / cells) ** 2 / (budget / cells)).sum()
+    cdf = sps.chi2.cdf(chi2, cells - 1)
+    assert 0.005 < cdf < 0.995, f"per-cell counts not like a uniform multinomial draw: chi2 = {chi2:.1f}, cdf {cdf:.4f}"
+    # the spec seed drives the draw; the budget is still met
+    spec_dict["seed"] = 1
+    _, other = _cell_counts_of(spec_dict)
+    assert other.sum() == budget and not np.array_equal(other, counts)
+    spec_dict["sampling"] = "balanced"  # the balanced rule under the same seed is even
+    _, balanced = _cell_counts_of(spec_dict)
+    assert balanced.sum() == budget and balanced.max() - balanced.min() <= 1
