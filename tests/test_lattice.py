@@ -204,3 +204,12 @@ def test_flagged_fields_and_loss_test():
     for key in ("effect", "ci_low", "ci_high", "loss_mean", "loss_p_value", "parent", "explained_by"):
         assert key in top
     assert top["loss_p_value"] < 1e-6 and top["loss_mean"] > loss.mean()
+
+
+def test_pruning_can_change_what_alpha_investing_rejects():
+    """Why exact pruning's guarantee covers BH only (README): alpha-investing spends its wealth
+    over tests in evaluation order, so a test not made (a pruned slice) leaves more for the tests
+    after it. Here the same final p-value is rejected once five null tests are taken out."""
+    full = np.array([1e-6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.004])
+    assert stats.alpha_investing(full, 0.05).tolist() == [True] + [False] * 6
+    assert stats.alpha_investing(full[[0, 6]], 0.05).tolist() == [True, True]

@@ -79,7 +79,7 @@ def search(counter: Counter, min_support: int, max_order: int, expand_alpha: flo
         seen.update(zip(level_keys, zip(n.tolist(), k.tolist())))
         if order == max_order:
             break
-        expandable = stats.error_rate_log_p(k, n, k_total, n_total) <= log_alpha
+        expandable = stats.error_rate_log_p(k, n, k_total, n_total, large="normal") <= log_alpha  # screening
         if order > 1:  # and an interaction, along every predicate it adds to a parent
             expandable &= interacts(level_keys, n, k, seen, n_total, k_total, INTERACTION_ALPHA)
         grow = [key for key, ok in zip(level_keys, expandable) if ok]

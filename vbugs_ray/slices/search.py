@@ -107,7 +107,7 @@ def run_search(counter: lattice.Counter, settings: SearchSettings) -> SliceResul
     q_val = bh_qvalues(p_val, family)
     if settings.fdr == "bh":
         reject = q_val <= settings.alpha
-    else:  # evaluation order: level by level, fixed before any error was looked at
+    else:  # evaluation order: level by level (with elevated pruning, which slices are in it depends on the data)
         reject = stats.alpha_investing(p_val, settings.alpha)
     effect = stats.effect_size(p_s, p_c)
     keep = reject & (effect >= settings.min_effect) & (p_s > p_c)
