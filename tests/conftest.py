@@ -120,5 +120,6 @@ def tiny_spec_dict(tiny_models) -> dict:
                       "options": {"model": tiny_models["blip"], "max_new_tokens": 6, "num_beams": 1,
                                   "images_per_slice": 4}},
         "search": {"min_support": 4},
+        "verify": False,  # tests of verification build their own spec
         "run": {"executor": "local", "shard_rows": 16},
     }

@@ -18,18 +18,46 @@ def _vbugs(*args):
 
 @pytest.mark.cli
 @pytest.mark.trains
-def test_demo_spec_ranks_its_planted_bugs_first_and_second(tmp_path):
+def test_demo_spec_verifies_its_planted_bugs_first_and_second(tmp_path):
     """jobs/toyworld.yaml plants two bugs (no stars at night in training; squares nearly always on
-    grass): the audit of its 7,200 images lists exactly those two first. (The local executor: the
-    same stages as `make demo` without Ray's start-up.)"""
-    done = _vbugs("audit", "--executor", "local", "--out", str(tmp_path / "demo"))
+    grass): the slice search lists exactly those two first, and the verified bugs, tested on fresh
+    images, are those two, first and second, each named once (no other verified bug describes a
+    star or a square). Then `vbugs diagnose` scores phrases, and `vbugs verify` on the finished
+    run generates nothing new. (The local executor: the same stages as `make demo` without Ray's
+    start-up.)"""
+    run_dir = tmp_path / "demo"
+    done = _vbugs("audit", "--executor", "local", "--out", str(run_dir))
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    report = json.loads((run_dir / "report.json").read_text())
     top = [s["predicates"] for s in report["flagged_slices"][:2]]
     assert sorted(top, key=len, reverse=True) == [{"class": "star", "lighting": "night"}, {"class": "square"}]
     for s in report["flagged_slices"][:2]:
         assert s["explained_by"] is None and s["q_value"] < 1e-10
     assert "class=star, lighting=night" in done.stdout
+
+    bugs = report["verified_bugs"]
+    first, second = sorted(bugs[:2], key=lambda b: b["class"])
+    assert first["class"] == "square" and "grass" not in first["description"]
+    assert second["class"] == "star" and "at night" in second["description"]
+    assert not [b for b in bugs[2:] if b["class"] in ("star", "square")], [b["description"] for b in bugs]
+    for bug in bugs[:2]:
+        assert bug["q_value"] < 1e-6 and bug["ci_low"] > bug["base_error_rate"] + 0.2
+        assert bug["n"] >= 150 and len(bug["row_ids"]) == bug["n"]
+    tested = {h["key"]: h for h in report["hypotheses"]}
+    assert {h["verdict"] for h in tested.values()} == {"verified", "rejected"}
+    assert {s for b in bugs[:2] for s in b["sources"]} >= {"slice", "cluster", "diagnosis"}
+    assert report["discovery"]["diagnosis"]["spearman"] > 0.3
+    assert "verified bugs from" in done.stdout
+
+    diagnose = _vbugs("diagnose", str(run_dir), "a star at night", "a star in daylight")
+    assert diagnose.returncode == 0, diagnose.stderr[-2000:]
+    night, day = json.loads(diagnose.stdout)["phrases"]
+    assert night["predicted_loss"] > day["predicted_loss"] + 2 * max(night["spread"], day["spread"])
+
+    again = _vbugs("verify", str(run_dir))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "written" not in again.stderr  # every round's shards were already there
+    assert json.loads((run_dir / "report.json").read_text())["verified_bugs"] == bugs
 
 
 @pytest.mark.cli

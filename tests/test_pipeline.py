@@ -19,6 +19,7 @@ from vbugs_ray.store import RunStore, rows_table
 
 def _small_spec(spec_dict, budget=480, shard_rows=200, executor="ray"):
     spec_dict["budget"] = budget
+    spec_dict["verify"] = False  # verification has its own tests (test_verify.py)
     spec_dict["run"] = {"executor": executor, "shard_rows": shard_rows}
     for role in ("generator", "classifier", "embedder"):
         spec_dict[role]["batch_size"] = 64

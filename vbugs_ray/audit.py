@@ -6,6 +6,7 @@ This is the public entry point (``vbugs_ray.audit``); the CLI is a thin shell ar
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Callable
 
 from vbugs_ray.atomic import atomic_write_json
 from vbugs_ray.caption import caption_flagged
+from vbugs_ray.errors import SpecError
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import make_executor
 from vbugs_ray.raycluster import ray_session, shard_runner
@@ -22,6 +24,7 @@ from vbugs_ray.slices.parquet import parquet_counter, parquet_files, shard_piece
 from vbugs_ray.slices.search import run_search
 from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec, parse_spec
 from vbugs_ray.store import RunStore, plan_shards
+from vbugs_ray.verify.run import Verification
 
 Progress = Callable[[str], None]
 
@@ -101,8 +104,32 @@ def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Pr
     return report
 
 
+def verify_run(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log) -> dict:
+    """Discovery and regenerate-and-verify on a finished run (resumable): adds ``verified_bugs``,
+    ``hypotheses``, ``discovery`` and ``verification`` to RUN_DIR/report.json."""
+    store = RunStore(run_dir)
+    spec = validate_backends(parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path)))
+    if spec.verify is None:
+        raise SpecError("verify", "is false in this run's spec; set verify: {} (or its options) to verify")
+    if not store.report_path.exists():
+        find_slices(run_dir, spec.to_dict(), progress, caption=False)
+    report = json.loads(store.report_path.read_text())
+    result = Verification(store, spec).run(report["flagged_slices"], progress)
+    report.update(result)
+    atomic_write_json(store.report_path, report)
+    progress(f"verification: {len(result['verified_bugs'])} verified bugs from {len(result['hypotheses'])} "
+             f"hypotheses tested ({result['verification']['images_generated']} fresh images) -> {store.report_path}")
+    return report
+
+
 def audit(spec: AuditSpec, run_dir: str | Path | None = None, progress: Progress = _log) -> dict:
-    """Run a whole audit and return the report (also written to RUN_DIR/report.json)."""
+    """Run a whole audit and return the report (also written to RUN_DIR/report.json): rows,
+    slice search, then (unless ``verify: false``) discovery and verification."""
     run_dir = Path(run_dir or spec.output_dir)
-    generate_rows(spec, run_dir, progress)
-    return find_slices(run_dir, spec.to_dict(), progress)
+    gpus = {role: getattr(spec, role).num_gpus for role in PIPELINE_ROLES}
+    with ray_session(spec.run, progress, gpus) if spec.run.executor == "ray" else contextlib.nullcontext():
+        generate_rows(spec, run_dir, progress)
+        report = find_slices(run_dir, spec.to_dict(), progress)
+        if spec.verify is not None:
+            report = verify_run(run_dir, spec.to_dict(), progress)
+    return report

@@ -101,14 +101,31 @@ def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, featur
             plans.append((item, mask))
     if not plans:
         return
-    captioner: Captioner = registry.create("captioner", spec.captioner, spec, embedder=_LazyEmbedder(spec))
+    described = RowCaptioner(store, spec)
     rng = np.random.default_rng(spec.seed)
-    reader = _ColumnReader(store)
-    k = captioner.sample_size
-    samples = [(item, StoredRows(row_ids[_sample(np.nonzero(mask)[0], errors, k, rng)], reader),
-                StoredRows(row_ids[rng.permutation(np.nonzero(~mask)[0])[:k]], reader)) for item, mask in plans]
-    for item, inside, outside in samples:
-        item["caption"] = captioner.caption(inside, outside)
+    k = described.sample_size
+    sets = [(row_ids[_sample(np.nonzero(mask)[0], errors, k, rng)], row_ids[rng.permutation(np.nonzero(~mask)[0])[:k]])
+            for _, mask in plans]
+    for (item, _), caption in zip(plans, described.caption(sets)):
+        item["caption"] = caption
+
+
+class RowCaptioner:
+    """The spec's captioner over rows of the run store: ``caption`` takes (inside, reference)
+    pairs of row ids and returns, for each, the phrases that set ``inside`` apart. Columns are
+    read once for all pairs of a call. ``embedder``: the spec's embedder if the caller already
+    holds one (else built only if the captioner embeds something)."""
+
+    def __init__(self, store: RunStore, spec: AuditSpec, embedder: Any = None):
+        self.store = store
+        self.captioner: Captioner = registry.create("captioner", spec.captioner, spec,
+                                                    embedder=embedder if embedder is not None else _LazyEmbedder(spec))
+        self.sample_size = self.captioner.sample_size
+
+    def caption(self, sets: list[tuple[np.ndarray, np.ndarray]]) -> list[list[str]]:
+        reader = _ColumnReader(self.store)
+        samples = [(StoredRows(inside, reader), StoredRows(reference, reader)) for inside, reference in sets]
+        return [self.captioner.caption(inside, reference) for inside, reference in samples]
 
 
 def _caption_task(flagged: list[dict], run_dir: str, spec_dict: dict, features: list[str]) -> list:

@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vbugs", description="Audit image classifiers for failure slices on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    audit = sub.add_parser("audit", help="run a whole audit: generate, score, embed, search slices")
+    audit = sub.add_parser("audit", help="run a whole audit: generate, score, embed, search slices, verify bugs")
     audit.add_argument("spec", nargs="?", default=None, help=f"audit spec YAML (default: {DEFAULT_SPEC.name}, the toy world)")
     audit.add_argument("--out", default=None, help="run directory (default: the spec's output_dir)")
     audit.add_argument("--executor", choices=("ray", "local"), default=None, help="override run.executor")
@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
                              "flagged; none: everything)")
     slices.add_argument("--top", type=int, default=10, help="flagged slices to print")
 
+    verify = sub.add_parser("verify", help="discover failure hypotheses on a finished run and verify them on fresh "
+                                           "images (resumable)")
+    verify.add_argument("run_dir", help="a finished audit's run directory")
+    verify.add_argument("--top", type=int, default=10, help="verified bugs to print")
+
+    diagnose = sub.add_parser("diagnose", help="predicted loss of phrases, from the run's diagnosis ensemble")
+    diagnose.add_argument("run_dir", help="a finished audit's run directory")
+    diagnose.add_argument("phrases", nargs="+", help='descriptions, e.g. "a star in heavy clutter" "at night"')
+
     tokens = sub.add_parser("learn-tokens", help="learn a class token by textual inversion from a folder of images")
     tokens.add_argument("--model", required=True, help="SD 1.x/2.x pipeline: hub id or local folder")
     tokens.add_argument("--images", required=True, help="folder of the class's real images")
@@ -70,13 +79,35 @@ def _audit(args) -> int:
     import dataclasses
 
     from vbugs_ray.audit import audit
-    from vbugs_ray.report import format_slices
+    from vbugs_ray.report import format_bugs, format_slices
 
     spec = load_spec(args.spec or DEFAULT_SPEC)
     if args.executor:
         spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, executor=args.executor))
     report = audit(spec, args.out)
     print(format_slices(report, args.top))
+    if "verified_bugs" in report:
+        print(format_bugs(report, args.top))
+    return 0
+
+
+def _verify(args) -> int:
+    from vbugs_ray.audit import verify_run
+    from vbugs_ray.report import format_bugs
+
+    print(format_bugs(verify_run(args.run_dir), args.top))
+    return 0
+
+
+def _diagnose(args) -> int:
+    from vbugs_ray.spec import parse_spec
+    from vbugs_ray.store import RunStore
+    from vbugs_ray.verify.sources import diagnose_phrases
+
+    store = RunStore(args.run_dir)
+    spec = parse_spec(store.load_spec_dict(), source=str(store.spec_path))
+    result = diagnose_phrases(store, spec, args.phrases, _log)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -156,7 +187,8 @@ def user_error(exc: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"audit": _audit, "slices": _slices, "validate": _validate, "learn-tokens": _learn_tokens}
+        commands = {"audit": _audit, "slices": _slices, "verify": _verify, "diagnose": _diagnose,
+                    "validate": _validate, "learn-tokens": _learn_tokens}
         return commands[args.command](args)
     except Exception as exc:
         mistake = user_error(exc)

@@ -40,3 +40,21 @@ def format_slices(report: dict, top: int = 10) -> str:
         if s.get("caption"):
             lines.append(f"{'':>5}caption: {', '.join(s['caption'])}")
     return "\n".join(lines)
+
+
+def format_bugs(report: dict, top: int = 10) -> str:
+    """A fixed-width table of the verified bugs (fresh images vs the class's base images)."""
+    bugs = report.get("verified_bugs", [])
+    info = report.get("verification", {})
+    lines = [f"{len(bugs)} verified bugs from {len(report.get('hypotheses', []))} hypotheses tested on "
+             f"{info.get('images_generated', 0)} fresh images (BH at {info.get('alpha_per_round', 0):g} per round)"]
+    if bugs:
+        lines.append(f"{'#':>3}  {'bug':<44} {'n':>5} {'err':>6} {'base':>6} {'95% CI':>13} {'q':>9}  sources")
+    for i, bug in enumerate(bugs[:top], 1):
+        ci = f"{bug['ci_low']:.2f}-{bug['ci_high']:.2f}"
+        lines.append(f"{i:>3}  {bug['description']:<44} {bug['n']:>5} {bug['error_rate']:>6.3f} "
+                     f"{bug['base_error_rate']:>6.3f} {ci:>13} {bug['q_value']:>9.2e}  {','.join(bug['sources'])}")
+        others = [e["description"] for e in bug["evidence"] if e["hypothesis"] != bug["hypothesis"]]
+        if others:
+            lines.append(f"{'':>5}also: {'; '.join(others[:4])}{' ...' if len(others) > 4 else ''}")
+    return "\n".join(lines)

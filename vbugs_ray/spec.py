@@ -24,6 +24,7 @@ import yaml
 from vbugs_ray.errors import SpecError
 from vbugs_ray.fields import REQUIRED, check_value, option, parse_options
 from vbugs_ray.slices.settings import SearchSettings
+from vbugs_ray.verify.settings import VerifySettings
 
 ROLES = ("generator", "classifier", "embedder", "captioner")
 PIPELINE_ROLES = ("generator", "classifier", "embedder")  # the roles that run as actor pools
@@ -120,11 +121,13 @@ class AuditSpec:
     captioner: RoleSpec | None
     filter: FilterSpec | None
     search: SearchSettings
+    verify: VerifySettings | None  # None: the audit ends at flagged slices
     run: RunSpec
     output_dir: str
 
     TOP_FIELDS = ("name", "classes", "axes", "prompt", "images_per_cell", "budget", "sampling", "seed",
-                  "generator", "classifier", "embedder", "captioner", "filter", "search", "run", "output_dir")
+                  "generator", "classifier", "embedder", "captioner", "filter", "search", "verify", "run",
+                  "output_dir")
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -141,6 +144,8 @@ class AuditSpec:
         phrases = data.pop("class_phrases")
         if phrases != data["classes"]:
             data["classes"] = dict(zip(data["classes"], phrases))
+        if data["verify"] is None:
+            data["verify"] = False
         return json.loads(json.dumps(data))  # tuples -> lists: parse_spec(to_dict()) round-trips
 
 
@@ -272,6 +277,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
         seed=check_value(data.get("seed", 0), "seed", kind=int, low=0),
         filter=_parse_filter(data.get("filter"), len(classes)),
         search=SearchSettings.parse(data.get("search")),
+        verify=VerifySettings.parse(data.get("verify")),
         run=run,
         output_dir=check_value(data.get("output_dir", "runs/audit"), "output_dir", kind=str),
         **roles,

@@ -146,3 +146,17 @@ def save_tiny_blip(folder: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+class ImageBlind(torch.nn.Module):
+    """A classifier whose outputs ignore the image: random logits from its own generator. Audits
+    of it are the shuffled-label control (no description can raise its error rate)."""
+
+    def __init__(self, num_classes: int = 10, seed: int = 0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("unused", torch.zeros(1))  # a module with a device to follow
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3.0 * torch.randn(x.shape[0], self.num_classes, generator=self.generator)

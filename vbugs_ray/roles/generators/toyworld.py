@@ -36,6 +36,13 @@ class ToyWorldGenerator:
                     raise SpecError(f"axes.{axis.name}", f"the toyworld generator cannot draw {axis.name} "
                                     f"'{value}' from the words {phrase!r}; known values: {known}")
 
+    @classmethod
+    def vocabulary(cls, options, spec) -> dict[str, list[str]]:
+        """The renderer's words for every property the spec's axes leave open (size, clutter...),
+        by property: failures there are what no axis looks at."""
+        open_props = [p for p in renderer.PROPERTIES if p != "class" and p not in spec.axis_names]
+        return {p: [renderer.phrase(p, v) for v in renderer.VOCABULARY[p]] for p in open_props}
+
     def __init__(self, options, role_spec, spec):
         self.resolution = options.resolution
 

@@ -1,0 +1,96 @@
+"""LLM2Loss (Ardeshir, 2023): learn embedding -> loss with light models, then read the loss of a
+population described in words by feeding the model CLIP *text* embeddings.
+
+An ensemble of ridge regressors, each fitted on a bootstrap resample of the training part, so that
+the spread across members says where the estimate is unsupported (far from the images seen).
+Embeddings are used as given (CLIP's are already unit norm): no normalisation here, so the
+modality-gap shift in ``score_texts`` is an exact translation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score
+from sklearn.model_selection import train_test_split
+
+from vbugs_ray.discover.groups import thread_pool
+
+
+class DiagnosisEnsemble:
+    """Bootstrap ensemble of ``members`` ridge regressors (``alpha``) from embedding to loss,
+    with a held-out share ``holdout`` kept aside first to report ``r2`` and ``spearman``."""
+
+    def __init__(self, members: int = 8, alpha: float = 1.0, holdout: float = 0.2, seed: int = 0):
+        if members < 1 or alpha < 0 or not 0 < holdout < 1:
+            raise ValueError("members must be >= 1, alpha >= 0 and holdout in (0, 1)")
+        self.members, self.alpha, self.holdout, self.seed = members, alpha, holdout, seed
+        self.models: list[Ridge] = []
+        self.r2 = self.spearman = float("nan")
+        self.n_train = self.n_test = 0
+        self.image_mean: np.ndarray | None = None
+
+    def fit(self, embeddings: np.ndarray, losses: np.ndarray) -> DiagnosisEnsemble:
+        """Hold out a share, fit each member on a bootstrap resample of the rest, score the mean."""
+        x = np.asarray(embeddings, dtype=np.float64)
+        y = np.asarray(losses, dtype=np.float64).ravel()
+        if x.ndim != 2 or len(x) != len(y):
+            raise ValueError(f"embeddings must be (rows, dim) and losses (rows,), got {x.shape} and {y.shape}")
+        if np.isnan(y).any():
+            bad = np.flatnonzero(np.isnan(y))
+            raise ValueError(f"losses are NaN in {bad.size} rows, e.g. rows {bad[:5].tolist()}")
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise ValueError("embeddings and losses must be finite")
+        train, test = train_test_split(np.arange(len(y)), test_size=self.holdout, random_state=self.seed)
+        if len(test) < 3 or len(train) < 3:
+            raise ValueError(f"{len(y)} rows are too few to hold out {self.holdout:.0%} and fit")
+        rng = np.random.default_rng(self.seed)
+        xt, yt, n = x[train], y[train], len(train)
+        with thread_pool():
+            # a bootstrap resample as integer sample weights: the same fit as on the resampled rows
+            self.models = [Ridge(alpha=self.alpha).fit(xt, yt, sample_weight=rng.multinomial(n, np.full(n, 1 / n)))
+                           for _ in range(self.members)]
+        self.image_mean = x[train].mean(axis=0)
+        pred, _ = self.predict(x[test])
+        self.r2 = float(r2_score(y[test], pred))
+        self.spearman = float(spearmanr(y[test], pred).statistic)
+        self.n_train, self.n_test = len(train), len(test)
+        return self
+
+    def predict(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble mean and spread (std across members) of the predicted loss."""
+        if not self.models:
+            raise ValueError("DiagnosisEnsemble is not fitted")
+        x = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
+        with thread_pool():
+            preds = np.stack([m.predict(x) for m in self.models])
+        return preds.mean(axis=0), preds.std(axis=0)
+
+    def score_texts(self, text_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted loss of the populations that text embeddings describe, and the spread.
+
+        CLIP's text embeddings sit apart from its image embeddings (the modality gap), so each one is
+        shifted by (mean image embedding seen in fit - mean of the given text embeddings) first: the
+        phrases are compared with each other at the level of the images. The result compares
+        phrases, not absolute losses (their mean is the loss at the image mean), needs several
+        phrases (one phrase maps onto the image mean), and is unchanged by any offset common to all
+        text embeddings; for a linear member the ranking would not depend on the shift anyway.
+        """
+        t = np.atleast_2d(np.asarray(text_embeddings, dtype=np.float64))
+        if self.image_mean is None:
+            raise ValueError("DiagnosisEnsemble is not fitted")
+        return self.predict(t + (self.image_mean - t.mean(axis=0)))
+
+    def summary(self) -> dict:
+        return {"members": self.members, "r2": self.r2, "spearman": self.spearman,
+                "n_train": self.n_train, "n_test": self.n_test}
+
+
+def rank_phrases(ensemble: DiagnosisEnsemble, phrases: list[str], text_embeddings: np.ndarray) -> list[dict]:
+    """Phrases with their predicted loss and spread, highest predicted loss first."""
+    if len(phrases) != len(np.atleast_2d(text_embeddings)):
+        raise ValueError(f"{len(phrases)} phrases but {len(np.atleast_2d(text_embeddings))} text embeddings")
+    loss, spread = ensemble.score_texts(text_embeddings)
+    order = np.argsort(-loss, kind="stable")
+    return [{"phrase": phrases[i], "predicted_loss": float(loss[i]), "spread": float(spread[i])} for i in order]

@@ -1,0 +1,71 @@
+"""The fresh rows of one verification round: for each hypothesis under test and for each class's
+base arm, ``n`` prompts with seeds that no earlier row of the run has used.
+
+A round's rows have the grid's columns (so they run through the same stages) plus
+``hypothesis`` (the key tested, or ``base:<class>``) and ``arm`` (``hypothesis`` / ``base``);
+row ids continue after the run's last one. Everything is a function of the spec, the tests and
+the seeds already used, so a re-run plans the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+
+from vbugs_ray.grid import row_seeds
+from vbugs_ray.spec import AuditSpec
+from vbugs_ray.verify.hypotheses import Hypothesis, draw_prompts
+
+BASE = "base:"
+_SALT = 0x5EED_F4E5  # keeps verification seed streams apart from the grid's (cell, replicate) ones
+
+
+def _stream(name: str) -> int:
+    """A 62-bit stream number for a hypothesis key or a base arm (stable across processes)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") >> 2
+
+
+def fresh_seeds(spec_seed: int, name: str, n: int, used: set[int]) -> np.ndarray:
+    """``n`` seeds for ``name``'s images, none in ``used`` (which then holds them too)."""
+    out: list[int] = []
+    start = 0
+    while len(out) < n:
+        block = row_seeds(spec_seed ^ _SALT, np.full(2 * n, _stream(name), np.uint64),
+                          np.arange(start, start + 2 * n, dtype=np.int64))
+        for seed in block.tolist():
+            if seed not in used:
+                used.add(seed)
+                out.append(seed)
+                if len(out) == n:
+                    break
+        start += 2 * n
+    return np.asarray(out, np.int64)
+
+
+def plan_round(spec: AuditSpec, tests: list[Hypothesis], base_classes: list[str], n: int, first_row_id: int,
+               used_seeds: set[int], round_index: int) -> pa.Table:
+    """The round's rows: ``n`` per hypothesis in ``tests`` and per class in ``base_classes``."""
+    arms = [(h.key, "hypothesis", h.class_name, dict(h.predicates), h.phrases) for h in tests]
+    arms += [(BASE + c, "base", c, {}, ()) for c in base_classes]
+    columns: dict[str, list] = {name: [] for name in ("cell", "replicate", "class", "label", *spec.axis_names,
+                                                      "prompt", "seed", "hypothesis", "arm")}
+    for name, arm, class_name, predicates, phrases in arms:
+        rng = np.random.default_rng([spec.seed, round_index, _stream(name)])
+        prompts, values = draw_prompts(spec, class_name, predicates, phrases, rng, n)
+        columns["cell"] += [-1] * n
+        columns["replicate"] += list(range(n))
+        columns["class"] += [class_name] * n
+        columns["label"] += [spec.classes.index(class_name)] * n
+        for axis in spec.axis_names:
+            columns[axis] += values[axis]
+        columns["prompt"] += prompts
+        columns["seed"] += fresh_seeds(spec.seed, f"{round_index}:{name}", n, used_seeds).tolist()
+        columns["hypothesis"] += [name] * n
+        columns["arm"] += [arm] * n
+    total = len(columns["prompt"])
+    table = {"row_id": pa.array(np.arange(first_row_id, first_row_id + total, dtype=np.int64))}
+    for name, values in columns.items():
+        table[name] = pa.array(values, pa.int64() if name in ("cell", "replicate", "label", "seed") else pa.string())
+    return pa.table(table)

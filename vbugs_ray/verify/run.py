@@ -1,0 +1,195 @@
+"""``vbugs verify``: discovery, then rounds of regenerate-and-test, then verified bugs in report.json.
+
+Layout under ``RUN_DIR/verify/<key>/`` (the key hashes the run's rows, the search and verify
+settings and the captioner, so changing any of them starts a new folder and never mixes rows):
+- ``hypotheses.json``: every source's hypotheses and the discovery summary, written once;
+- ``round-N/plan.json`` and ``round-N/plan.parquet``: the round's tests and its fresh rows;
+- ``round-N/rows/shard-*``: the rows after generate -> embed + filter -> classify, written like
+  the audit's shards (staging folder, then one rename), so an interrupted run resumes with the
+  missing shards and a finished one re-runs without generating anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vbugs_ray.atomic import atomic_write, atomic_write_json
+from vbugs_ray.cache import key_of
+from vbugs_ray.pipeline import make_executor
+from vbugs_ray.raycluster import ray_session
+from vbugs_ray.roles import registry
+from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec
+from vbugs_ray.store import RunStore, plan_shards, rows_fingerprint
+from vbugs_ray.verify.hypotheses import Hypothesis, deduplicate
+from vbugs_ray.verify.plan import BASE, plan_round
+from vbugs_ray.verify.sources import SOURCES, discover
+from vbugs_ray.verify.verdicts import Verdict, arms_of, judge_round, merge_bugs, part_needed
+
+Progress = Callable[[str], None]
+VERSION = 1  # of the verification procedure: part of the folder key
+
+
+def verify_key(spec: AuditSpec) -> str:
+    data = spec.to_dict()
+    return key_of({"rows": rows_fingerprint(spec), "search": data["search"], "verify": data["verify"],
+                   "captioner": data["captioner"], "version": VERSION})[:16]
+
+
+def _interleave(by_source: dict[str, list[Hypothesis]]) -> list[Hypothesis]:
+    """One queue: the sources' first hypotheses, then their second ones..., one test per key."""
+    flat = [h for kind in SOURCES for h in by_source.get(kind, [])]
+    return deduplicate(flat)
+
+
+class Verification:
+    """The state of one run's verification folder."""
+
+    def __init__(self, store: RunStore, spec: AuditSpec):
+        self.store, self.spec, self.settings = store, spec, spec.verify
+        self.root = store.root / "verify" / verify_key(spec)
+        self.hypotheses: dict[str, Hypothesis] = {}
+        self.verdicts: dict[str, Verdict] = {}
+        self.arms: dict = {}
+
+    # -- discovery, once --------------------------------------------------------------------
+    def queue(self, flagged: list[dict], progress: Progress) -> tuple[list[Hypothesis], dict]:
+        path = self.root / "hypotheses.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return [Hypothesis.from_state(h) for h in data["queue"]], data["discovery"]
+        registry.prepare("embedder", self.spec.embedder, self.spec, progress)
+        embedder = registry.create("embedder", self.spec.embedder, self.spec)
+        by_source, summary = discover(self.store, self.spec, flagged, embedder, progress)
+        queue = _interleave(by_source)
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"queue": [h.state() for h in queue], "discovery": summary})
+        return queue, summary
+
+    # -- one round ---------------------------------------------------------------------------
+    def _next_tests(self, queue: list[Hypothesis]) -> list[Hypothesis]:
+        """Children of verified descriptions with several parts first (pruning), then the queue."""
+        tests: list[Hypothesis] = []
+        seen = set(self.verdicts)
+        for key, verdict in self.verdicts.items():
+            h = self.hypotheses[key]
+            if verdict.verified and len(h.parts) > 1:
+                for part in h.parts:
+                    child = h.without(part)
+                    if child.key not in seen:
+                        seen.add(child.key)
+                        tests.append(child)
+        tests += [h for h in queue if h.key not in seen]
+        return tests[: self.settings.max_hypotheses]
+
+    def _plan(self, index: int, queue: list[Hypothesis], first_row_id: int, used: set[int]
+              ) -> tuple[list[Hypothesis], pa.Table] | None:
+        folder = self.root / f"round-{index}"
+        plan_path, rows_path = folder / "plan.json", folder / "plan.parquet"
+        if plan_path.exists():
+            tests = [Hypothesis.from_state(h) for h in json.loads(plan_path.read_text())["tests"]]
+            return tests, pq.read_table(rows_path)
+        tests = self._next_tests(queue)
+        if not tests:
+            return None
+        have_base = {name[len(BASE):] for name in self.arms if name.startswith(BASE)}
+        base = sorted({h.class_name for h in tests} - have_base, key=self.spec.classes.index)
+        table = plan_round(self.spec, tests, base, self.settings.images_per_hypothesis, first_row_id, used, index)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(rows_path, lambda tmp: pq.write_table(table, tmp))
+        atomic_write_json(plan_path, {"tests": [h.state() for h in tests], "base_classes": base,
+                                      "rows": table.num_rows})
+        return tests, table
+
+    def _generate(self, index: int, table: pa.Table, executor, progress: Progress) -> pa.Table:
+        rounds = RunStore(self.root / f"round-{index}")
+        shards = plan_shards(table.num_rows, self.spec.run.shard_rows)
+        done = rounds.done_shards()
+        for shard, start, stop in shards:
+            if shard in done:
+                continue
+            staging = rounds.begin_shard(shard)
+            executor().run_shard(table.slice(start, stop - start), staging)
+            rounds.commit_shard(shard)
+            progress(f"verify round {index}: shard {shard + 1}/{len(shards)} written ({stop - start} rows)")
+        return rounds.read(columns=["row_id", "hypothesis", "arm", "class", "valid", "error", "pred", "seed"])
+
+    def run(self, flagged: list[dict], progress: Progress) -> dict:
+        queue, discovery = self.queue(flagged, progress)
+        grid = self.store.read(columns=["row_id", "seed"])
+        used = set(grid.column("seed").to_numpy().tolist())
+        next_row = int(pc_max(grid.column("row_id"))) + 1
+        executor_box: list = []
+
+        def executor():
+            if not executor_box:
+                for role in PIPELINE_ROLES:
+                    registry.prepare(role, getattr(self.spec, role), self.spec, progress)
+                executor_box.append(make_executor(self.spec))
+            return executor_box[0]
+
+        generated = 0
+        rounds_run = 0
+        alpha = self.settings.alpha_per_round
+        gpus = {role: getattr(self.spec, role).num_gpus for role in PIPELINE_ROLES}
+        session = ray_session(self.spec.run, progress, gpus) if self.spec.run.executor == "ray" \
+            else contextlib.nullcontext()
+        with session:
+            try:
+                for index in range(1, self.settings.rounds + 1):
+                    planned = self._plan(index, queue, next_row, used)
+                    if planned is None:
+                        break
+                    tests, table = planned
+                    used.update(table.column("seed").to_numpy().tolist())
+                    next_row = int(pc_max(table.column("row_id"))) + 1
+                    t0 = time.time()
+                    rows = self._generate(index, table, executor, progress)
+                    generated += table.num_rows
+                    rounds_run = index
+                    columns = {name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names}
+                    columns = {"row_id": columns["row_id"], "hypothesis": columns["hypothesis"].astype(str),
+                               "pred": columns["pred"].astype(str), "valid": columns["valid"].astype(bool),
+                               "error": columns["error"].astype(bool)}
+                    self.arms.update(arms_of(columns))
+                    for h in tests:
+                        self.hypotheses[h.key] = h
+                    verdicts = judge_round(tests, self.arms, alpha, index)
+                    self.verdicts.update(verdicts)
+                    progress(f"verify round {index}: {sum(v.verified for v in verdicts.values())} of {len(tests)} "
+                             f"hypotheses verified at BH level {alpha:g} ({table.num_rows} images, "
+                             f"{time.time() - t0:.0f}s)")
+            finally:
+                if executor_box:
+                    executor_box[0].close()
+        bugs = merge_bugs(self.spec, self.hypotheses, self.verdicts, alpha)
+        return {
+            "verified_bugs": bugs,
+            "hypotheses": [self._tested(key) for key in self.verdicts],
+            "untested_hypotheses": len([h for h in queue if h.key not in self.verdicts]),
+            "discovery": discovery,
+            "verification": {**dataclasses.asdict(self.settings), "alpha_per_round": alpha, "rounds_run": rounds_run,
+                             "images_generated": generated, "folder": str(self.root),
+                             "images_per_verified_bug": generated / len(bugs) if bugs else None},
+        }
+
+    def _tested(self, key: str) -> dict:
+        h, v = self.hypotheses[key], self.verdicts[key]
+        out = {**h.to_dict(self.spec), "verdict": "verified" if v.verified else "rejected",
+               **{k: val for k, val in v.to_dict().items() if k not in ("key", "row_ids")}}
+        if h.parent in self.verdicts:
+            out["part_needed"] = part_needed(self.verdicts[h.parent], v, self.settings.alpha_per_round)
+        return out
+
+
+def pc_max(column) -> int:
+    import pyarrow.compute as pc
+
+    return pc.max(column).as_py()

@@ -1,0 +1,280 @@
+"""Hypotheses from the run store, from four sources, each a description plus the failures it covers:
+
+- ``slice``: the flagged slices (a slice that names axis values is its own description; a slice
+  that names only a class is described by captioning its failures against the class's successes);
+- ``cluster``: error-aware failure groups in CLIP space, per class (discover.groups);
+- ``direction``: the class's rows furthest along its failure direction (discover.directions);
+- ``diagnosis``: the vocabulary's phrases that the diagnosis ensemble predicts raise the class's
+  loss most (discover.diagnosis, LLM2Loss), queried through the embedder's text encoder.
+
+Clusters and directions are described by contrast: the captioner sees a sample of the group's
+failing images and of the same class's correctly classified images, and returns the phrases that
+set the failures apart (not the phrases that are merely frequent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow.compute as pc
+
+from vbugs_ray.caption import RowCaptioner
+from vbugs_ray.discover.diagnosis import DiagnosisEnsemble
+from vbugs_ray.discover.directions import failure_directions
+from vbugs_ray.discover.groups import failure_groups
+from vbugs_ray.roles.vocabulary import axis_of_phrase, candidate_phrases
+from vbugs_ray.spec import AuditSpec
+from vbugs_ray.store import RunStore
+from vbugs_ray.verify.hypotheses import Hypothesis, draw_prompts, split_phrases
+
+Progress = Callable[[str], None]
+SOURCES = ("slice", "cluster", "direction", "diagnosis")
+MIN_AUC = 0.6  # a failure direction weaker than this describes noise
+PROMPTS_PER_PHRASE = 16  # prompt ensemble per (class, phrase) text query
+
+
+@dataclass
+class RunRows:
+    """The run's valid rows as arrays (the CLIP filter's invalid rows are left out)."""
+
+    row_ids: np.ndarray
+    classes: np.ndarray
+    errors: np.ndarray
+    losses: np.ndarray
+    preds: np.ndarray
+    features: dict[str, np.ndarray]
+    embeddings: np.ndarray
+
+    @classmethod
+    def load(cls, store: RunStore, spec: AuditSpec) -> "RunRows":
+        names = store.dataset().schema.names
+        columns = ["row_id", "class", "error", "loss", "pred", "embedding", *spec.axis_names]
+        table = store.read(columns=columns + (["valid"] if "valid" in names else []))
+        if "valid" in names:
+            table = table.filter(pc.fill_null(table.column("valid"), False))
+        emb = table.column("embedding").combine_chunks()
+        embeddings = emb.flatten().to_numpy().reshape(len(emb), emb.type.list_size).astype(np.float32)
+
+        def col(name: str) -> np.ndarray:
+            return table.column(name).to_numpy(zero_copy_only=False)
+
+        return cls(col("row_id").astype(np.int64), col("class").astype(str), col("error").astype(bool),
+                   col("loss").astype(np.float64), col("pred").astype(str),
+                   {a: col(a).astype(str) for a in spec.axis_names}, embeddings)
+
+
+def _ranked(hypotheses: list[Hypothesis]) -> list[Hypothesis]:
+    """Priors by rank within a source, so that sources interleave when hypotheses are chosen."""
+    from dataclasses import replace
+
+    return [replace(h, prior=-float(i)) for i, h in enumerate(hypotheses)]
+
+
+def _failing(rows: RunRows, mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(rows.row_ids[mask & rows.errors].tolist())
+
+
+class Describer:
+    """Collects (inside, reference) contrasts and captions them in one pass over the store."""
+
+    def __init__(self, store: RunStore, spec: AuditSpec, rows: RunRows, embedder: Any, seed: int):
+        self.store, self.spec, self.rows = store, spec, rows
+        self.embedder, self.rng = embedder, np.random.default_rng([seed, 77])
+        self.pending: list[tuple[Hypothesis, np.ndarray, np.ndarray]] = []
+        self._captioner: RowCaptioner | None = None
+
+    def add(self, template: Hypothesis, failing_idx: np.ndarray) -> None:
+        """Describe ``failing_idx`` (row indexes, failures of the template's class) against the
+        class's correctly classified rows."""
+        if self.spec.captioner is None or len(failing_idx) == 0:
+            return
+        if self._captioner is None:
+            self._captioner = RowCaptioner(self.store, self.spec, self.embedder)
+        k = self._captioner.sample_size
+        correct = np.nonzero((self.rows.classes == template.class_name) & ~self.rows.errors)[0]
+        if len(correct) == 0:
+            return
+        inside = self.rows.row_ids[self.rng.permutation(failing_idx)[:k]]
+        reference = self.rows.row_ids[self.rng.permutation(correct)[:k]]
+        self.pending.append((template, inside, reference))
+
+    def describe(self) -> list[Hypothesis]:
+        if not self.pending:
+            return []
+        from dataclasses import replace
+
+        captions = self._captioner.caption([(inside, ref) for _, inside, ref in self.pending])
+        out = []
+        for (template, _, _), phrases in zip(self.pending, captions):
+            predicates, free = split_phrases(self.spec, list(phrases))
+            predicates = tuple(sorted({**dict(template.predicates), **dict(predicates)}.items(),
+                                      key=lambda p: self.spec.axis_names.index(p[0])))
+            if predicates or free:
+                source = dict(template.sources[0], caption=list(phrases))
+                out.append(replace(template, predicates=predicates, phrases=free, sources=(source,)))
+        return out
+
+
+def from_slices(flagged: list[dict], rows: RunRows, spec: AuditSpec, describer: Describer, top_k: int
+                ) -> list[Hypothesis]:
+    """Flagged slices as hypotheses; a slice without a class is tested in its most failing class."""
+    out = []
+    for item in flagged[:top_k]:
+        preds = dict(item["predicates"])
+        mask = np.ones(len(rows.row_ids), bool)
+        for name, value in preds.items():
+            mask &= (rows.classes if name == "class" else rows.features[name]) == value
+        class_name = preds.pop("class", None)
+        if class_name is None:
+            failing_classes = rows.classes[mask & rows.errors]
+            if len(failing_classes) == 0:
+                continue
+            names, counts = np.unique(failing_classes, return_counts=True)
+            class_name = str(names[np.argmax(counts)])
+            mask &= rows.classes == class_name
+        source = {"kind": "slice", "predicates": item["predicates"], "n": item["n"],
+                  "error_rate": item["error_rate"], "q_value": item["q_value"]}
+        order = spec.axis_names
+        h = Hypothesis(class_name, tuple(sorted(preds.items(), key=lambda p: order.index(p[0]))),
+                       sources=(source,), failing_rows=_failing(rows, mask))
+        if preds:
+            out.append(h)
+        else:
+            describer.add(h, np.nonzero(mask & rows.errors)[0])
+    return out
+
+
+def from_groups(rows: RunRows, settings, describer: Describer, seed: int) -> list[dict]:
+    """Failure groups in CLIP space, each queued for a contrast caption; returns their summaries."""
+    groups = failure_groups(rows.embeddings, rows.errors, rows.classes, rows.preds, rows.features,
+                            max_k=settings.max_groups, min_errors=settings.min_errors, seed=seed)
+    for i, group in enumerate(groups):
+        idx = np.asarray(group.rows, np.int64)
+        failing = idx[rows.errors[idx]]
+        source = {"kind": "cluster", "group": i, "n": group.n, "error_rate": group.error_rate,
+                  "class_error_rate": group.class_error_rate}
+        describer.add(Hypothesis(group.class_name, (), sources=(source,),
+                                 failing_rows=tuple(rows.row_ids[failing].tolist())), failing)
+    return [g.to_dict() for g in groups]
+
+
+def from_directions(rows: RunRows, settings, describer: Describer, seed: int) -> list[dict]:
+    """Failure directions: the failing rows furthest along each (held-out AUC >= MIN_AUC)."""
+    directions = failure_directions(rows.embeddings, rows.errors, rows.classes, min_errors=settings.min_errors,
+                                    seed=seed)
+    for direction in directions:
+        if direction.auc < MIN_AUC:
+            continue
+        idx = np.asarray(direction.rows, np.int64)
+        failing = idx[rows.errors[idx]]
+        source = {"kind": "direction", "auc": direction.auc, "error_rate": direction.error_rate,
+                  "class_error_rate": direction.class_error_rate}
+        describer.add(Hypothesis(direction.class_name, (), sources=(source,),
+                                 failing_rows=tuple(rows.row_ids[failing].tolist())), failing)
+    return [d.to_dict() for d in directions]
+
+
+def text_queries(spec: AuditSpec, embedder: Any, class_name: str, phrases: list[str], seed: int) -> np.ndarray:
+    """One text embedding per phrase: the mean over a prompt ensemble of the class's prompts with
+    the phrase in them (fixed as its axis value, or appended), renormalised. Index 0 is the class
+    alone (no phrase)."""
+    by_phrase = axis_of_phrase(spec)
+    rng = np.random.default_rng([seed, 99])
+    texts: list[str] = []
+    for phrase in [None, *phrases]:
+        predicates, free = ({}, ())
+        if phrase is not None:
+            predicates, free = ({by_phrase[phrase][0]: by_phrase[phrase][1]}, ()) if phrase in by_phrase \
+                else ({}, (phrase,))
+        texts += draw_prompts(spec, class_name, predicates, free, rng, PROMPTS_PER_PHRASE)[0]
+    emb = np.asarray(embedder.embed_texts(texts), np.float64).reshape(len(phrases) + 1, PROMPTS_PER_PHRASE, -1)
+    mean = emb.mean(axis=1)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def diagnose_vocabulary(rows: RunRows, spec: AuditSpec, embedder: Any, seed: int
+                        ) -> tuple[DiagnosisEnsemble, list[dict], dict[tuple[str, str], np.ndarray]]:
+    """Fit the diagnosis ensemble on (image embedding -> loss) and rank every (class, phrase) by
+    the predicted loss it adds to the class alone. Returns the ensemble, the ranking (highest
+    lift first) and each pair's text embedding."""
+    finite = np.isfinite(rows.losses)
+    ensemble = DiagnosisEnsemble(seed=seed).fit(rows.embeddings[finite], rows.losses[finite])
+    phrases = candidate_phrases(spec, with_classes=False)
+    queries = {c: text_queries(spec, embedder, c, phrases, seed) for c in spec.classes}
+    # scored together: the modality-gap shift is taken over the whole vocabulary of every class
+    mean_all, spread_all = ensemble.score_texts(np.concatenate(list(queries.values())))
+    ranking, texts = [], {}
+    for i, (class_name, emb) in enumerate(queries.items()):
+        block = slice(i * len(emb), (i + 1) * len(emb))
+        mean, spread = mean_all[block], spread_all[block]
+        for j, phrase in enumerate(phrases, 1):
+            ranking.append({"class": class_name, "phrase": phrase, "predicted_loss": float(mean[j]),
+                            "spread": float(spread[j]), "lift": float(mean[j] - mean[0])})
+            texts[(class_name, phrase)] = emb[j]
+    ranking.sort(key=lambda r: -r["lift"])
+    return ensemble, ranking, texts
+
+
+def from_diagnosis(ranking: list[dict], texts: dict, rows: RunRows, spec: AuditSpec, limit: int) -> list[Hypothesis]:
+    """The top (class, phrase) pairs by predicted lift; the failures they cover are the class's
+    failing rows among its images closest to the phrase's text (the top tenth)."""
+    out = []
+    for item in [r for r in ranking if r["lift"] > 0][:limit]:
+        class_name, phrase = item["class"], item["phrase"]
+        predicates, free = split_phrases(spec, [phrase])
+        in_class = np.nonzero(rows.classes == class_name)[0]
+        sims = rows.embeddings[in_class] @ texts[(class_name, phrase)]
+        near = in_class[np.argsort(-sims)[: max(1, len(in_class) // 10)]]
+        source = {"kind": "diagnosis", "phrase": phrase, "predicted_loss": item["predicted_loss"],
+                  "spread": item["spread"], "lift": item["lift"]}
+        out.append(Hypothesis(class_name, predicates, free, sources=(source,),
+                              failing_rows=tuple(rows.row_ids[near[rows.errors[near]]].tolist())))
+    return out
+
+
+def discover(store: RunStore, spec: AuditSpec, flagged: list[dict], embedder: Any, progress: Progress
+             ) -> tuple[dict[str, list[Hypothesis]], dict]:
+    """Every source's hypotheses (ranked within the source) and a summary for the report."""
+    settings = spec.verify
+    rows = RunRows.load(store, spec)
+    progress(f"discovery over {len(rows.row_ids)} valid rows ({rows.embeddings.shape[1]}-d embeddings)")
+    describer = Describer(store, spec, rows, embedder, spec.seed)
+    by_source: dict[str, list[Hypothesis]] = {s: [] for s in SOURCES}
+    by_source["slice"] = from_slices(flagged, rows, spec, describer, spec.search.top_k)
+    groups = from_groups(rows, settings, describer, spec.seed)
+    directions = from_directions(rows, settings, describer, spec.seed)
+    ensemble, ranking, texts = diagnose_vocabulary(rows, spec, embedder, spec.seed)
+    by_source["diagnosis"] = from_diagnosis(ranking, texts, rows, spec, settings.max_hypotheses)
+    for h in describer.describe():
+        by_source[h.sources[0]["kind"]].append(h)
+    by_source = {kind: _ranked(hs) for kind, hs in by_source.items()}
+    summary = {"groups": groups, "directions": directions, "diagnosis": ensemble.summary(),
+               "vocabulary_ranking": ranking[:20]}
+    progress(f"discovery: {len(groups)} failure groups, {sum(d['auc'] >= MIN_AUC for d in directions)} failure "
+             f"directions (AUC >= {MIN_AUC}), diagnosis ensemble held-out Spearman "
+             f"{ensemble.spearman:.2f}; hypotheses: " + ", ".join(f"{len(v)} {k}" for k, v in by_source.items()))
+    return by_source, summary
+
+
+def diagnose_phrases(store: RunStore, spec: AuditSpec, phrases: list[str], progress: Progress) -> dict:
+    """``vbugs diagnose``: the ensemble's predicted loss (and spread across its members) for each
+    phrase, embedded as written. Scored together with the audit's vocabulary, so that the
+    modality-gap shift (DiagnosisEnsemble.score_texts) is taken over many phrases."""
+    from vbugs_ray.roles import registry
+
+    rows = RunRows.load(store, spec)
+    finite = np.isfinite(rows.losses)
+    ensemble = DiagnosisEnsemble(seed=spec.seed).fit(rows.embeddings[finite], rows.losses[finite])
+    progress(f"diagnosis ensemble on {ensemble.n_train} rows: held-out R^2 {ensemble.r2:.3f}, "
+             f"Spearman {ensemble.spearman:.3f} ({ensemble.n_test} rows)")
+    registry.prepare("embedder", spec.embedder, spec, progress)
+    embedder = registry.create("embedder", spec.embedder, spec)
+    reference = list(dict.fromkeys(candidate_phrases(spec) + list(phrases)))
+    mean, spread = ensemble.score_texts(np.asarray(embedder.embed_texts(reference), np.float64))
+    pick = [reference.index(p) for p in phrases]
+    mean, spread = mean[pick], spread[pick]
+    return {"run_mean_loss": float(rows.losses[finite].mean()), "diagnosis": ensemble.summary(),
+            "phrases": [{"phrase": p, "predicted_loss": float(m), "spread": float(s)}
+                        for p, m, s in zip(phrases, mean, spread)]}
