@@ -126,6 +126,7 @@ def audit(spec: AuditSpec, run_dir: str | Path | None = None, progress: Progress
     """Run a whole audit and return the report (also written to RUN_DIR/report.json): rows,
     slice search, then (unless ``verify: false``) discovery and verification."""
     run_dir = Path(run_dir or spec.output_dir)
+    validate_backends(spec)  # a mistake in the spec is reported before Ray starts
     gpus = {role: getattr(spec, role).num_gpus for role in PIPELINE_ROLES}
     with ray_session(spec.run, progress, gpus) if spec.run.executor == "ray" else contextlib.nullcontext():
         generate_rows(spec, run_dir, progress)
