@@ -85,10 +85,7 @@ def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, featur
     """Add ``caption`` (phrases, best first) to the first ``top_k`` flagged slices, in place."""
     if spec.captioner is None or not flagged:
         return
-    names = store.dataset().schema.names
-    table = store.read(columns=["row_id", "error", *features, *(["valid"] if "valid" in names else [])])
-    if "valid" in names:
-        table = table.filter(pc.fill_null(table.column("valid"), False))
+    table = store.read_valid(["row_id", "error", *features])
     values = {name: table.column(name).to_numpy(zero_copy_only=False).astype(str) for name in features}
     errors = table.column("error").to_numpy(zero_copy_only=False).astype(bool)
     row_ids = table.column("row_id").to_numpy()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from vbugs_ray.atomic import atomic_write_json
@@ -84,6 +85,14 @@ class RunStore:
         table = self.dataset().to_table(columns=columns)
         if "row_id" in table.column_names:
             table = table.sort_by("row_id")
+        return table
+
+    def read_valid(self, columns: list[str]) -> pa.Table:
+        """The rows the CLIP filter kept (all rows of a run without a filter column), sorted."""
+        has_valid = "valid" in self.dataset().schema.names
+        table = self.read(columns=[*columns, *(["valid"] if has_valid and "valid" not in columns else [])])
+        if has_valid:
+            table = table.filter(pc.fill_null(table.column("valid"), False))
         return table
 
 

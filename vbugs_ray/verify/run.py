@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vbugs_ray.atomic import atomic_write, atomic_write_json
@@ -125,7 +126,7 @@ class Verification:
         queue, discovery = self.queue(flagged, progress)
         grid = self.store.read(columns=["row_id", "seed"])
         used = set(grid.column("seed").to_numpy().tolist())
-        next_row = int(pc_max(grid.column("row_id"))) + 1
+        next_row = int(pc.max(grid.column("row_id")).as_py()) + 1
         executor_box: list = []
 
         def executor():
@@ -149,7 +150,7 @@ class Verification:
                         break
                     tests, table = planned
                     used.update(table.column("seed").to_numpy().tolist())
-                    next_row = int(pc_max(table.column("row_id"))) + 1
+                    next_row = int(pc.max(table.column("row_id")).as_py()) + 1
                     t0 = time.time()
                     rows = self._generate(index, table, executor, progress)
                     generated += table.num_rows
@@ -187,9 +188,3 @@ class Verification:
         if h.parent in self.verdicts:
             out["part_needed"] = part_needed(self.verdicts[h.parent], v, self.settings.alpha_per_round)
         return out
-
-
-def pc_max(column) -> int:
-    import pyarrow.compute as pc
-
-    return pc.max(column).as_py()

@@ -14,11 +14,10 @@ set the failures apart (not the phrases that are merely frequent).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
-import pyarrow.compute as pc
 
 from vbugs_ray.caption import RowCaptioner
 from vbugs_ray.discover.diagnosis import DiagnosisEnsemble
@@ -49,11 +48,7 @@ class RunRows:
 
     @classmethod
     def load(cls, store: RunStore, spec: AuditSpec) -> "RunRows":
-        names = store.dataset().schema.names
-        columns = ["row_id", "class", "error", "loss", "pred", "embedding", *spec.axis_names]
-        table = store.read(columns=columns + (["valid"] if "valid" in names else []))
-        if "valid" in names:
-            table = table.filter(pc.fill_null(table.column("valid"), False))
+        table = store.read_valid(["row_id", "class", "error", "loss", "pred", "embedding", *spec.axis_names])
         emb = table.column("embedding").combine_chunks()
         embeddings = emb.flatten().to_numpy().reshape(len(emb), emb.type.list_size).astype(np.float32)
 
@@ -67,8 +62,6 @@ class RunRows:
 
 def _ranked(hypotheses: list[Hypothesis]) -> list[Hypothesis]:
     """Priors by rank within a source, so that sources interleave when hypotheses are chosen."""
-    from dataclasses import replace
-
     return [replace(h, prior=-float(i)) for i, h in enumerate(hypotheses)]
 
 
@@ -103,8 +96,6 @@ class Describer:
     def describe(self) -> list[Hypothesis]:
         if not self.pending:
             return []
-        from dataclasses import replace
-
         captions = self._captioner.caption([(inside, ref) for _, inside, ref in self.pending])
         out = []
         for (template, _, _), phrases in zip(self.pending, captions):
