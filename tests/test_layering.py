@@ -79,7 +79,7 @@ def test_the_walker_sees_lazy_imports_and_cycles():
     assert _cycle(tree) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
     imports = _imports(PACKAGE / "caption.py")
-    assert "vbugs_ray.raycluster" in imports  # imported inside caption_flagged only
+    assert "vbugs_ray.raycluster" in imports  # imported inside caption_sets only
 
 
 def test_no_import_cycle():

@@ -78,7 +78,7 @@ def test_end_to_end_on_ray_is_resumable(spec_dict, ray_session, tmp_path):
     for s in on_disk["flagged_slices"]:
         assert {"predicates", "n", "errors", "error_rate", "complement_error_rate", "p_value", "q_value"} <= set(s)
     for s in on_disk["flagged_slices"][: spec.search.top_k]:
-        assert len(s["caption"]) == 3
+        assert 1 <= len(s["caption"]) <= 3  # the retrieval captioner drops phrases below its min_score
     explained = [s["explained_by"] is not None for s in on_disk["flagged_slices"]]
     assert explained == sorted(explained)  # slices that explain themselves come first
     tail = [s["log10_p_value"] for s in on_disk["flagged_slices"] if s["explained_by"] is not None]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vbugs_ray.audit import audit, generate_rows
-from vbugs_ray.caption import caption_flagged, caption_slices
+from vbugs_ray.caption import caption_slices
 from vbugs_ray.roles import registry
 from vbugs_ray.roles.captioners.transformers import rank_captions
 from vbugs_ray.spec import load_spec, parse_spec
@@ -118,10 +118,11 @@ def test_tiny_real_audit_on_ray_writes_a_valid_run_store(tiny_spec_dict, ray_ses
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "rows").rglob("*.parquet")} == before
 
     # captioning a slice reads its images back from the store and runs the BLIP captioner:
-    # in this process, and as a Ray task when the captioner reserves a GPU
+    # in this process with the local executor, and as a Ray Data actor pool with the Ray executor
     features = ["class", *spec.axis_names]
     flagged = [{"predicates": {"background": "snow"}}]
-    caption_slices(flagged, store, spec, features, top_k=1)
+    in_process = parse_spec({**tiny_spec_dict, "run": {"executor": "local", "shard_rows": 16}})
+    caption_slices(flagged, store, in_process, features, top_k=1)
     caption = flagged[0]["caption"]
     assert caption and all(isinstance(c, str) and c for c in caption)
     assert len(caption) <= tiny_spec_dict["captioner"]["options"].get("top_phrases", 3)
@@ -152,12 +153,16 @@ def test_tiny_real_audit_on_ray_writes_a_valid_run_store(tiny_spec_dict, ray_ses
     assert caption == rank_captions(inside_captions, outside_captions, captioner.top)
     # and whatever the sample, every phrase is a caption of some valid row of the slice
     assert set(caption) <= set(captions_of(members)), (caption, row_ids[members])
-    tiny_spec_dict["captioner"]["num_gpus"] = 0.5
+    tiny_spec_dict["captioner"].update(num_gpus=0.25, concurrency=2)  # two actors on the logical GPU
     on_gpu = parse_spec(tiny_spec_dict)
-    remote = [{"predicates": {"background": "snow"}}, {"predicates": {"lighting": "night"}}]
-    caption_flagged(remote, store, on_gpu, features, top_k=1)
+    remote = [{"predicates": {"background": "snow"}}, {"predicates": {"lighting": "night"}},
+              {"predicates": {"class": "cat"}}]
+    local = [dict(item) for item in remote]
+    caption_slices(remote, store, on_gpu, features, top_k=2)
+    caption_slices(local, store, in_process, features, top_k=2)
     assert remote[0]["caption"] == flagged[0]["caption"]  # same sample (seeded), same captioner
-    assert "caption" not in remote[1]  # only the top_k
+    assert remote[1]["caption"] == local[1]["caption"]  # the second actor's set, in order
+    assert "caption" not in remote[2]  # only the top_k
 
 
 @pytest.mark.parametrize("name", ["imagenet_sdturbo.yaml", "imagenet_sd21_tokens.yaml"])

@@ -10,13 +10,14 @@ from vbugs_ray.roles import registry
 from vbugs_ray.spec import parse_spec
 
 
-def test_captioner_concurrency_other_than_one_is_refused(tiny_spec_dict):
+def test_captioner_concurrency_sizes_its_actor_pool(tiny_spec_dict):
+    """The captioner is an actor pool like the model stages (tests/test_real_audit.py runs two)."""
     tiny_spec_dict["captioner"]["concurrency"] = 2
+    assert parse_spec(tiny_spec_dict).captioner.concurrency == 2
+    tiny_spec_dict["captioner"]["concurrency"] = 0
     with pytest.raises(SpecError) as err:
         parse_spec(tiny_spec_dict)
     assert err.value.field == "captioner.concurrency"
-    tiny_spec_dict["captioner"]["concurrency"] = 1
-    assert parse_spec(tiny_spec_dict).captioner.concurrency == 1
 
 
 def test_image_captioner_calls_its_model_batch_size_images_at_a_time(tiny_spec_dict):

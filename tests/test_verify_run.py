@@ -9,7 +9,7 @@ import pyarrow.dataset as pads
 import pytest
 from scipy.stats import binom
 
-from vbugs_ray.audit import audit
+from vbugs_ray.audit import audit, find_slices
 from vbugs_ray.spec import parse_spec
 from vbugs_ray.store import RunStore
 
@@ -25,7 +25,8 @@ def _verify_spec(spec_dict, budget, executor, verify):
 @pytest.mark.trains
 def test_verification_on_ray_finds_the_planted_bug_and_resumes(spec_dict, ray_session, tmp_path):
     spec = parse_spec(_verify_spec(spec_dict, 1440, "ray",
-                                   {"images_per_hypothesis": 60, "max_hypotheses": 4, "rounds": 2}))
+                                   {"images_per_hypothesis": 60, "max_hypotheses": 4, "rounds": 2,
+                                    "replicate": True}))
     run_dir = tmp_path / "run"
     report = audit(spec, run_dir, progress=lambda _: None)
 
@@ -34,20 +35,39 @@ def test_verification_on_ray_finds_the_planted_bug_and_resumes(spec_dict, ray_se
     info = report["verification"]
     assert info["rounds_run"] == 2 and info["alpha_per_round"] == pytest.approx(0.025)
     folder = next((run_dir / "verify").iterdir())
-    files = sorted(str(p) for p in folder.glob("round-*/rows/shard-*/*.parquet"))
+    files = sorted(str(p) for p in folder.glob("*/rows/shard-*/*.parquet"))
     fresh = pads.dataset(files, format="parquet").to_table(
         columns=["row_id", "seed", "hypothesis", "arm", "error", "valid"])
-    assert fresh.num_rows == info["images_generated"]
+    assert fresh.num_rows == info["images_generated"]  # the rounds' rows and the replication's
     grid = RunStore(run_dir).read(columns=["row_id", "seed"])
     assert not set(fresh.column("seed").to_pylist()) & set(grid.column("seed").to_pylist())
     assert len(set(fresh.column("seed").to_pylist())) == fresh.num_rows
     assert min(fresh.column("row_id").to_pylist()) == grid.num_rows  # ids continue after the grid's
     by_id = {r["row_id"]: r for r in fresh.to_pylist()}
     tested = {h["key"]: h for h in report["hypotheses"]}
+    replication = pads.dataset(sorted(str(p) for p in folder.glob("replication/rows/shard-*/*.parquet")),
+                               format="parquet").to_table(columns=["row_id", "hypothesis", "error", "valid"]).to_pylist()
     for bug in bugs:
         rows = [by_id[i] for i in bug["row_ids"]]
         assert {r["hypothesis"] for r in rows} == {bug["hypothesis"]} and all(r["valid"] for r in rows)
         assert sum(r["error"] for r in rows) == bug["errors"] and tested[bug["hypothesis"]]["verdict"] == "verified"
+        # the second fresh sample: its own rows (ids never the round's), counted the same way
+        again = [r for r in replication if r["hypothesis"] == bug["hypothesis"] and r["valid"]]
+        assert not {r["row_id"] for r in again} & set(bug["row_ids"])
+        assert bug["replication"]["n"] == len(again) and bug["replication"]["errors"] == sum(r["error"] for r in again)
+    star = next(b for b in bugs if b["class"] == "star" and "at night" in b["description"])
+    assert star["replication"]["replicated"] and star["replication"]["q_value"] <= 0.05
+    assert info["replicated"] == sum(b["replication"]["replicated"] for b in bugs)
+
+    # re-running the slice search alone keeps the verified bugs it fed; other settings drop them
+    find_slices(run_dir, spec.to_dict(), progress=lambda _: None, caption=False)
+    assert json.loads((run_dir / "report.json").read_text())["verified_bugs"] == bugs
+    messages = []
+    other = spec.to_dict()
+    other["search"]["alpha"] = 0.01
+    find_slices(run_dir, other, progress=messages.append, caption=False)
+    assert "verified_bugs" not in json.loads((run_dir / "report.json").read_text())
+    assert any("vbugs verify RUN_DIR" in m for m in messages)
 
     # an interrupted verification resumes with the missing shard only, to the same verdicts
     shutil.rmtree(folder / "round-2" / "rows" / "shard-00000")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from vbugs_ray.atomic import atomic_write_json
-from vbugs_ray.caption import caption_flagged
+from vbugs_ray.caption import caption_slices
 from vbugs_ray.errors import SpecError
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import make_executor
@@ -24,7 +24,7 @@ from vbugs_ray.slices.parquet import parquet_counter, parquet_files, shard_piece
 from vbugs_ray.slices.search import run_search
 from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec, parse_spec
 from vbugs_ray.store import RunStore, plan_shards
-from vbugs_ray.verify.run import Verification
+from vbugs_ray.verify.run import Verification, verify_key
 
 Progress = Callable[[str], None]
 
@@ -96,12 +96,31 @@ def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Pr
         result = run_search(counter, settings)
     if caption and spec.captioner is not None and result.flagged:
         progress(f"captioning the top {min(settings.top_k, len(result.flagged))} flagged slices")
-        caption_flagged(result.flagged, store, spec, features, settings.top_k, progress)
+        caption_slices(result.flagged, store, spec, features, settings.top_k, progress)
     report = build_report(result, settings, features, name=spec.name, **({"filter": filtered} if filtered else {}))
+    report.update(_verification_still_valid(store, spec, progress))
     atomic_write_json(store.report_path, report)
     invalid = f"; {filtered['n_invalid']} of {filtered['n_generated']} rows marked invalid by the filter" if filtered else ""
     progress(f"slice search: {result.evaluated} slices tested, {len(result.flagged)} flagged{invalid} -> {store.report_path}")
     return report
+
+
+VERIFICATION_KEYS = ("verified_bugs", "hypotheses", "untested_hypotheses", "discovery", "verification")
+
+
+def _verification_still_valid(store: RunStore, spec: AuditSpec, progress: Progress) -> dict:
+    """The previous report's verification results, if the slice search that fed them is the one
+    that just ran (same rows, search and verify settings: same verification folder); else none."""
+    if not store.report_path.exists():
+        return {}
+    old = json.loads(store.report_path.read_text())
+    if "verification" not in old:
+        return {}
+    if spec.verify is not None and Path(old["verification"].get("folder", "")).name == verify_key(spec):
+        return {k: old[k] for k in VERIFICATION_KEYS if k in old}
+    progress("the previous verified bugs came from other search or verify settings and are left out of "
+             "report.json; run `vbugs verify RUN_DIR` to verify again")
+    return {}
 
 
 def verify_run(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log) -> dict:

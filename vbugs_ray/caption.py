@@ -10,6 +10,7 @@ the CLIP filter marked invalid are left out.
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -81,7 +82,14 @@ def _sample(rows: np.ndarray, errors: np.ndarray, k: int, rng: np.random.Generat
     return np.concatenate([picked, rng.permutation(passing)[: k - len(picked)]])
 
 
-def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, features: list[str], top_k: int) -> None:
+def sample_size(spec: AuditSpec) -> int:
+    """Rows per side the spec's captioner wants, without building it."""
+    cls = registry.backend_class("captioner", spec.captioner.backend)
+    return int(cls.sample_size_for(registry.options_of("captioner", spec.captioner)))
+
+
+def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, features: list[str], top_k: int,
+                   progress=lambda _: None) -> None:
     """Add ``caption`` (phrases, best first) to the first ``top_k`` flagged slices, in place."""
     if spec.captioner is None or not flagged:
         return
@@ -98,12 +106,11 @@ def caption_slices(flagged: list[dict], store: RunStore, spec: AuditSpec, featur
             plans.append((item, mask))
     if not plans:
         return
-    described = RowCaptioner(store, spec)
     rng = np.random.default_rng(spec.seed)
-    k = described.sample_size
+    k = sample_size(spec)
     sets = [(row_ids[_sample(np.nonzero(mask)[0], errors, k, rng)], row_ids[rng.permutation(np.nonzero(~mask)[0])[:k]])
             for _, mask in plans]
-    for (item, _), caption in zip(plans, described.caption(sets)):
+    for (item, _), caption in zip(plans, caption_sets(store, spec, sets, progress=progress)):
         item["caption"] = caption
 
 
@@ -117,7 +124,6 @@ class RowCaptioner:
         self.store = store
         self.captioner: Captioner = registry.create("captioner", spec.captioner, spec,
                                                     embedder=embedder if embedder is not None else _LazyEmbedder(spec))
-        self.sample_size = self.captioner.sample_size
 
     def caption(self, sets: list[tuple[np.ndarray, np.ndarray]]) -> list[list[str]]:
         reader = _ColumnReader(self.store)
@@ -125,34 +131,51 @@ class RowCaptioner:
         return [self.captioner.caption(inside, reference) for inside, reference in samples]
 
 
-def _caption_task(flagged: list[dict], run_dir: str, spec_dict: dict, features: list[str]) -> list:
-    """Runs in a Ray task on a node with the captioner's GPU; returns one caption (or None) per slice."""
-    from vbugs_ray.spec import parse_spec
+class CaptionStage:
+    """Ray Data actor holding the spec's captioner; a batch is a list of (inside, reference)
+    row-id sets, read from the run store (which the actor's node must be able to read)."""
 
-    caption_slices(flagged, RunStore(run_dir), parse_spec(spec_dict), features, len(flagged))
-    return [item.get("caption") for item in flagged]
+    def __init__(self, spec: AuditSpec, run_dir: str):
+        from vbugs_ray.pipeline import limit_threads
+
+        limit_threads(spec.captioner)
+        self.rows = RowCaptioner(RunStore(run_dir), spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sets = [(np.asarray(inside, np.int64), np.asarray(reference, np.int64))
+                for inside, reference in zip(batch["inside"], batch["reference"])]
+        captions = [json.dumps(c) for c in self.rows.caption(sets)]
+        return {"index": np.asarray(batch["index"]), "caption": np.asarray(captions, dtype=object)}
 
 
-def caption_flagged(flagged: list[dict], store: RunStore, spec: AuditSpec, features: list[str], top_k: int,
-                    progress=lambda _: None) -> None:
-    """Caption the top flagged slices where the captioner belongs: with the Ray executor and a
-    captioner that reserves GPUs (``captioner.num_gpus``), as a Ray task on a GPU node (a cluster
-    job's driver often has none; the run directory must be on storage that node can read);
-    otherwise in this process."""
+def caption_sets(store: RunStore, spec: AuditSpec, sets: list[tuple[np.ndarray, np.ndarray]],
+                 embedder: Any = None, progress=lambda _: None) -> list[list[str]]:
+    """Captions of (inside, reference) row-id sets where the spec's models run: with the Ray
+    executor, a Ray Data actor pool of the captioner like the model stages (``concurrency``
+    actors, each reserving the role's ``num_cpus`` / ``num_gpus``, so a GPU captioner lands on a
+    GPU node; the run directory must be on storage that node can read); otherwise in this process
+    (reusing ``embedder`` when the caller holds one)."""
+    if not sets:
+        return []
     role = spec.captioner
-    if role is None or not flagged:
-        return
-    if spec.run.executor != "ray" or role.num_gpus == 0:
-        caption_slices(flagged, store, spec, features, top_k)
-        return
+    if spec.run.executor != "ray":
+        return RowCaptioner(store, spec, embedder).caption(sets)
     import ray
 
     from vbugs_ray.raycluster import ray_session
 
+    items = [{"index": i, "inside": [int(r) for r in inside], "reference": [int(r) for r in reference]}
+             for i, (inside, reference) in enumerate(sets)]
     with ray_session(spec.run, progress, {"captioner": role.num_gpus}):
-        task = ray.remote(num_gpus=role.num_gpus, num_cpus=role.num_cpus)(_caption_task)
-        top = [dict(item) for item in flagged[:top_k]]
-        captions = ray.get(task.remote(top, str(store.root.resolve()), spec.to_dict(), features))
-    for item, caption in zip(flagged, captions):
-        if caption:
-            item["caption"] = caption
+        ds = ray.data.from_items(items).map_batches(
+            CaptionStage,
+            fn_constructor_kwargs={"spec": spec, "run_dir": str(store.root.resolve())},
+            batch_size=-(-len(items) // role.concurrency),  # one batch per actor: columns are read once per batch
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(role.concurrency, len(items))),
+            num_cpus=role.num_cpus,
+            num_gpus=role.num_gpus or None,
+        )
+        captions = {int(row["index"]): json.loads(row["caption"]) for row in ds.take_all()}
+    return [captions[i] for i in range(len(sets))]
+

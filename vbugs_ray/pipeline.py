@@ -25,7 +25,7 @@ from vbugs_ray.store import rows_table
 TOP_K = 5
 
 
-def _limit_threads(role_spec: RoleSpec) -> None:
+def limit_threads(role_spec: RoleSpec) -> None:
     """Inside a Ray actor, use as many torch threads as CPUs reserved (at least one)."""
     import ray
     import torch
@@ -38,7 +38,7 @@ class GenerateStage:
     """prompt, seed -> image (N, H, W, 3) uint8."""
 
     def __init__(self, spec: AuditSpec):
-        _limit_threads(spec.generator)
+        limit_threads(spec.generator)
         self.backend: Generator = registry.create("generator", spec.generator, spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -52,7 +52,7 @@ class EmbedStage:
     same embeddings: valid, filter_reason (and the similarities, when the spec has a filter)."""
 
     def __init__(self, spec: AuditSpec):
-        _limit_threads(spec.embedder)
+        limit_threads(spec.embedder)
         self.backend: Embedder = registry.create("embedder", spec.embedder, spec)
         self.filter = ClipFilter(spec, self.backend) if spec.filter is not None else None
 
@@ -79,7 +79,7 @@ class ClassifyStage:
     """
 
     def __init__(self, spec: AuditSpec):
-        _limit_threads(spec.classifier)
+        limit_threads(spec.classifier)
         self.backend: Classifier = registry.create("classifier", spec.classifier, spec)
         self.class_map = self.backend.class_map
         self.class_names = np.asarray(spec.classes, dtype=object)

@@ -189,9 +189,6 @@ def _parse_role(role: str, data: Any, run: RunSpec) -> RoleSpec:
     if isinstance(data, str):
         data = {"backend": data}
     spec = parse_options(RoleSpec, data, role)
-    if role == "captioner" and spec.concurrency != 1:
-        raise SpecError("captioner.concurrency", "the captioner runs as one process per audit, not as an actor pool; "
-                        "remove it (or set 1)")
     if run.executor == "ray" and role != "captioner" and spec.device.startswith("cuda") and spec.num_gpus == 0:
         raise SpecError(f"{role}.num_gpus", f"device {spec.device} needs num_gpus > 0 (fractions allowed) "
                         f"so that Ray places the actor on a GPU; or set device: auto")

@@ -5,7 +5,7 @@ Images are uint8 arrays (N, H, W, 3); embeddings are float32 (N, D), unit length
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -50,6 +50,11 @@ class RowSample(Protocol):
 
 class Captioner(Protocol):
     sample_size: int  # rows per side (slice, reference) it wants to see
+
+    @classmethod
+    def sample_size_for(cls, options: Any) -> int:
+        """``sample_size`` from the options alone: samples are drawn before any captioner is built
+        (on Ray it lives in an actor)."""
 
     def caption(self, inside: RowSample, reference: RowSample) -> list[str]:
         """Phrases, best first, that describe what sets ``inside`` apart from ``reference``."""

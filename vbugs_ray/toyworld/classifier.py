@@ -6,7 +6,11 @@ what the audit must find is what a real model picks up from skewed data:
 - under-representation ``{where: {class: star, lighting: night}, keep: 0.0}`` keeps that fraction
   of the training images that match ``where``;
 - spurious correlation ``{where: {class: square}, spurious: {background: grass}, strength: 0.97}``
-  makes that share of the matching images show the spurious value (the rest show other values).
+  makes that share of the matching images show the spurious value (the rest show other values);
+- mislabelled subgroup ``{where: {class: star, background: snow}, relabel: circle, share: 0.9}``
+  gives that share of the matching images the label ``relabel`` (the image still shows a star).
+
+``where`` may name any renderer property (``renderer.PROPERTIES``), not only the audit's axes.
 """
 
 from __future__ import annotations
@@ -26,21 +30,31 @@ from vbugs_ray.toyworld import renderer
 
 @dataclass(frozen=True)
 class PlantedBug:
-    """One planted bug: ``where`` selects training images; keep or spurious+strength skews them."""
+    """One planted bug: ``where`` selects training images; keep, spurious+strength or
+    relabel+share skews them."""
 
     where: dict
     keep: float | None = None
     spurious: dict | None = None
     strength: float | None = None
+    relabel: str | None = None
+    share: float | None = None
 
     @property
     def kind(self) -> str:
-        return "under_representation" if self.keep is not None else "spurious_correlation"
+        if self.keep is not None:
+            return "under_representation"
+        if self.relabel is not None:
+            return "mislabelled_subgroup"
+        return "spurious_correlation"
 
     def to_dict(self) -> dict:
+        # the two older kinds keep their exact dicts: a cached classifier keeps its cache key
         out = {"where": dict(self.where)}
         if self.keep is not None:
             out["keep"] = self.keep
+        elif self.relabel is not None:
+            out.update(relabel=self.relabel, share=self.share)
         else:
             out.update(spurious=dict(self.spurious), strength=self.strength)
         return out
@@ -50,9 +64,20 @@ def _matches(props: Mapping[str, str], where: Mapping[str, str]) -> bool:
     return all(props.get(k) == v for k, v in where.items())
 
 
+def render_properties(sample: Mapping[str, str]) -> dict[str, str]:
+    """What the renderer draws for one ``biased_sample`` entry (its properties, not its label)."""
+    return {k: v for k, v in sample.items() if k != "label"}
+
+
 def biased_sample(n: int, classes: Sequence[str], bugs: Sequence[PlantedBug], seed: int) -> list[dict[str, str]]:
-    """n training property dicts: uniform over the world restricted to ``classes``, then skewed."""
+    """n training entries: uniform over the world restricted to ``classes``, then skewed.
+
+    Each entry holds the renderer properties of one image (``class`` is the shape it shows) and
+    ``label``, the class it is trained as: ``class`` unless a mislabelled-subgroup bug relabelled
+    it (the first such bug that matches and fires). ``render_properties`` drops the label.
+    """
     rng = np.random.default_rng([seed, 31337])
+    relabels = [b for b in bugs if b.relabel is not None]
     out: list[dict[str, str]] = []
     while len(out) < n:
         for props in renderer.sample_properties(max(1024, n), rng, fixed={"class": classes}):
@@ -66,6 +91,14 @@ def biased_sample(n: int, classes: Sequence[str], bugs: Sequence[PlantedBug], se
                         props[axis] = others[int(rng.integers(len(others)))]
             if any(b.keep is not None and _matches(props, b.where) and rng.random() >= b.keep for b in bugs):
                 continue
+            # drawn after the older kinds' draws, and only for mislabel bugs: the older kinds'
+            # samples stay what they were
+            label = props["class"]
+            for bug in relabels:
+                if _matches(props, bug.where) and rng.random() < bug.share:
+                    label = bug.relabel
+                    break
+            props["label"] = label
             out.append(props)
             if len(out) == n:
                 break
@@ -126,8 +159,8 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
     props = biased_sample(config["train_images"], config["classes"], bugs, config["seed"])
     seeds = np.random.default_rng([config["seed"], 99]).integers(0, 2**31 - 1, len(props))
     t0 = time.time()
-    images = renderer.render(props, seeds, config["resolution"])
-    labels = torch.tensor([config["classes"].index(p["class"]) for p in props])
+    images = renderer.render([render_properties(p) for p in props], seeds, config["resolution"])
+    labels = torch.tensor([config["classes"].index(p["label"]) for p in props])
     x = to_tensor(images)
     progress(f"toy classifier: rendered {len(props)} biased training images in {time.time() - t0:.1f}s")
 

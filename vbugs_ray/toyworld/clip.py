@@ -1,5 +1,6 @@
 """The toy-world CLIP: an open_clip model (a small config registered with add_model_config)
-trained contrastively on renderer images and captions in the renderer's own words.
+trained contrastively on renderer images and captions in the renderer's own words, in batches of
+near-identical scenes that differ in one property (hard negatives: see ``train``).
 
 The checkpoint is a plain state dict that ``open_clip.create_model_and_transforms(MODEL_NAME,
 pretrained=path)`` loads, the same call that loads a real open_clip checkpoint.
@@ -52,12 +53,6 @@ def _toycnn_trunk(pretrained: bool = False, num_classes: int = 64, **kwargs):
 _toycnn_trunk.__name__ = TIMM_TRUNK
 
 
-def random_caption(props: Mapping[str, str], rng: np.random.Generator, always: str = "class",
-                   keep: float = 0.45) -> str:
-    """A caption naming ``always`` and a random subset of the other properties."""
-    return renderer.describe({k: v for k, v in props.items() if k == always or rng.random() < keep})
-
-
 def ensemble_prompts(prop: str, value: str, n: int = 24, seed: int = 0) -> list[str]:
     """Captions that name ``prop=value`` among random other properties (a prompt ensemble)."""
     rng = np.random.default_rng([seed, 4242])
@@ -80,12 +75,48 @@ def preprocess(images: np.ndarray, image_size: int, mean: Sequence[float], std: 
 
 
 def training_config(steps: int, seed: int, resolution: int) -> dict:
-    return {"model": MODEL_NAME, "tower": "timm:vbugs_toycnn", "caption_keep": 0.45, "steps": steps, "batch_size": 128, "lr": 2e-3, "pool": 16384,
-            "seed": seed, "resolution": resolution, "renderer": renderer.RENDERER_VERSION}
+    """The toy CLIP's training run (its cache key). ``groups``: batches are groups of ``size``
+    near-identical scenes that differ in one property, drawn by ``weights``: clutter and size,
+    which change few pixels, get most groups (see ``train``). ``pool``: images rendered once and
+    reused; counting clutter discs overfits a small pool (16k: the trunk tops out near 88%).
+    About 3 minutes on 2 CPU cores (40 s of it rendering), for >= 85% zero-shot on every property."""
+    return {"model": MODEL_NAME, "tower": "timm:vbugs_toycnn", "caption_keep": 0.45, "steps": steps, "batch_size": 128, "lr": 2e-3,
+            "pool": 98304, "seed": seed, "resolution": resolution, "renderer": renderer.RENDERER_VERSION,
+            "groups": {"size": 3, "weights": {"class": 0.5, "background": 0.5, "lighting": 0.5, "colour": 0.5, "size": 3, "clutter": 6}},
+            "optimizer": "adamw-fused"}
+
+
+def grouped_pool(n: int, group: int, weights: Mapping[str, float], rng: np.random.Generator
+                 ) -> tuple[list[dict[str, str]], np.ndarray, list[str]]:
+    """About n training images in groups of ``group``: the images of a group share their seed and
+    every property but one (the group's *varied* property, drawn by ``weights``), so they are the
+    same scene but for that property (the same layout with more or fewer clutter discs, the same
+    shape larger or smaller, ...). Returns properties, seeds and each image's varied property."""
+    names = list(weights)
+    p = np.array([weights[k] for k in names], np.float64)
+    p /= p.sum()
+    props: list[dict[str, str]] = []
+    seeds: list[int] = []
+    varied: list[str] = []
+    for base in renderer.sample_properties(n // group, rng):
+        prop = names[int(rng.choice(len(names), p=p))]
+        values = list(renderer.VOCABULARY[prop])
+        seed = int(rng.integers(0, 2**31 - 1))
+        for j in rng.choice(len(values), size=group, replace=False):
+            props.append({**base, prop: values[int(j)]})
+            seeds.append(seed)
+            varied.append(prop)
+    return props, np.array(seeds), varied
 
 
 def train(config: dict, progress: Callable[[str], None] = print) -> dict:
-    """Contrastive training on a pool of renders with freshly drawn captions each step."""
+    """Contrastive training on a pool of renders with freshly drawn captions each step.
+
+    Batches are made of whole groups (``grouped_pool``): hard negatives. The captions of a group
+    name the class, the group's varied property and the same random subset of the others, so
+    they differ only where the images do; without such near-twins in a batch, properties that
+    change few pixels (clutter, size) barely move a loss that class and colour already settle.
+    """
     import open_clip
     from open_clip.loss import ClipLoss
 
@@ -95,22 +126,33 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
+    mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
     rng = np.random.default_rng([config["seed"], 2024])
     t0 = time.time()
-    props = renderer.sample_properties(config["pool"], rng)
-    images = renderer.render(props, rng.integers(0, 2**31 - 1, len(props)), config["resolution"])
-    pool = preprocess(images, size, model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"])
+    group = config["groups"]["size"]
+    props, seeds, varied = grouped_pool(config["pool"], group, config["groups"]["weights"], rng)
+    res = config["resolution"]
+    images = np.empty((len(props), res, res, 3), np.uint8)  # kept as uint8, preprocessed per batch
+    for i in range(0, len(props), 8192):  # in slices: no second copy of the whole pool
+        images[i:i + 8192] = renderer.render(props[i:i + 8192], seeds[i:i + 8192], res)
     progress(f"toy CLIP: rendered {len(props)} training images in {time.time() - t0:.1f}s")
 
     loss_fn = ClipLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.1, fused=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config["lr"], total_steps=config["steps"], pct_start=0.1)
     model.train()
-    bs = config["batch_size"]
+    per_batch = config["batch_size"] // group  # whole groups: 42 of 3 for batch_size 128
+    n_groups = len(props) // group
+    keep = config["caption_keep"]
     for step in range(config["steps"]):
-        idx = rng.integers(0, len(props), bs)
-        texts = tokenizer([random_caption(props[i], rng, keep=config["caption_keep"]) for i in idx])
-        out = model(pool[torch.from_numpy(idx)], texts)
+        starts = rng.choice(n_groups, per_batch, replace=False) * group
+        idx = (starts[:, None] + np.arange(group)[None]).ravel()
+        captions = []
+        for start in starts:
+            named = {p for p in renderer.PROPERTIES if p in ("class", varied[start]) or rng.random() < keep}
+            captions += [renderer.describe({k: v for k, v in props[i].items() if k in named})
+                         for i in range(start, start + group)]
+        out = model(preprocess(images[idx], size, mean, std), tokenizer(captions))
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         opt.zero_grad(set_to_none=True)
         loss.backward()

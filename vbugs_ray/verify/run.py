@@ -109,8 +109,8 @@ class Verification:
                                       "rows": table.num_rows})
         return tests, table
 
-    def _generate(self, index: int, table: pa.Table, executor, progress: Progress) -> pa.Table:
-        rounds = RunStore(self.root / f"round-{index}")
+    def _generate(self, folder: str, table: pa.Table, executor, progress: Progress) -> pa.Table:
+        rounds = RunStore(self.root / folder)
         shards = plan_shards(table.num_rows, self.spec.run.shard_rows)
         done = rounds.done_shards()
         for shard, start, stop in shards:
@@ -119,8 +119,38 @@ class Verification:
             staging = rounds.begin_shard(shard)
             executor().run_shard(table.slice(start, stop - start), staging)
             rounds.commit_shard(shard)
-            progress(f"verify round {index}: shard {shard + 1}/{len(shards)} written ({stop - start} rows)")
-        return rounds.read(columns=["row_id", "hypothesis", "arm", "class", "valid", "error", "pred", "seed"])
+            progress(f"verify {folder.replace('-', ' ')}: shard {shard + 1}/{len(shards)} written ({stop - start} rows)")
+        rows = rounds.read(columns=["row_id", "hypothesis", "pred", "valid", "error"])
+        return {"row_id": rows.column("row_id").to_numpy(),
+                "hypothesis": rows.column("hypothesis").to_numpy(zero_copy_only=False).astype(str),
+                "pred": rows.column("pred").to_numpy(zero_copy_only=False).astype(str),
+                "valid": rows.column("valid").to_numpy(zero_copy_only=False).astype(bool),
+                "error": rows.column("error").to_numpy(zero_copy_only=False).astype(bool)}
+
+    def _replicate(self, bugs: list[dict], next_row: int, used: set[int], executor, progress: Progress) -> int:
+        """Each verified bug's description again, on a second fresh sample (new seeds, new base
+        images), one-sided Fisher with BH over the bugs at ``alpha``: a bug that replicates is not
+        the luck of one sample. Adds ``replication`` to each bug; returns the images generated."""
+        folder = self.root / "replication"
+        tests = [self.hypotheses[b["hypothesis"]] for b in bugs]
+        index = self.settings.rounds + 1  # its own seed stream, after the rounds'
+        if (folder / "plan.json").exists():
+            table = pq.read_table(folder / "plan.parquet")
+        else:
+            base = sorted({h.class_name for h in tests}, key=self.spec.classes.index)
+            table = plan_round(self.spec, tests, base, self.settings.images_per_hypothesis, next_row, used, index)
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(folder / "plan.parquet", lambda tmp: pq.write_table(table, tmp))
+            atomic_write_json(folder / "plan.json", {"bugs": [b["hypothesis"] for b in bugs], "rows": table.num_rows})
+        verdicts = judge_round(tests, arms_of(self._generate("replication", table, executor, progress)),
+                               self.settings.alpha, index)
+        for bug, h in zip(bugs, tests):
+            v = verdicts[h.key]
+            bug["replication"] = {"replicated": v.verified, **{name: getattr(v, name) for name in (
+                "n", "errors", "error_rate", "base_error_rate", "p_value", "q_value")}}
+        progress(f"replication: {sum(v.verified for v in verdicts.values())} of {len(bugs)} verified bugs "
+                 f"significant again on a second fresh sample (BH level {self.settings.alpha:g})")
+        return table.num_rows
 
     def run(self, flagged: list[dict], progress: Progress) -> dict:
         queue, discovery = self.queue(flagged, progress)
@@ -152,13 +182,9 @@ class Verification:
                     used.update(table.column("seed").to_numpy().tolist())
                     next_row = int(pc.max(table.column("row_id")).as_py()) + 1
                     t0 = time.time()
-                    rows = self._generate(index, table, executor, progress)
+                    columns = self._generate(f"round-{index}", table, executor, progress)
                     generated += table.num_rows
                     rounds_run = index
-                    columns = {name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names}
-                    columns = {"row_id": columns["row_id"], "hypothesis": columns["hypothesis"].astype(str),
-                               "pred": columns["pred"].astype(str), "valid": columns["valid"].astype(bool),
-                               "error": columns["error"].astype(bool)}
                     self.arms.update(arms_of(columns))
                     for h in tests:
                         self.hypotheses[h.key] = h
@@ -167,10 +193,12 @@ class Verification:
                     progress(f"verify round {index}: {sum(v.verified for v in verdicts.values())} of {len(tests)} "
                              f"hypotheses verified at BH level {alpha:g} ({table.num_rows} images, "
                              f"{time.time() - t0:.0f}s)")
+                bugs = merge_bugs(self.spec, self.hypotheses, self.verdicts, alpha)
+                if self.settings.replicate and bugs:
+                    generated += self._replicate(bugs, next_row, used, executor, progress)
             finally:
                 if executor_box:
                     executor_box[0].close()
-        bugs = merge_bugs(self.spec, self.hypotheses, self.verdicts, alpha)
         return {
             "verified_bugs": bugs,
             "hypotheses": [self._tested(key) for key in self.verdicts],
@@ -178,6 +206,8 @@ class Verification:
             "discovery": discovery,
             "verification": {**dataclasses.asdict(self.settings), "alpha_per_round": alpha, "rounds_run": rounds_run,
                              "images_generated": generated, "folder": str(self.root),
+                             "replicated": sum(b["replication"]["replicated"] for b in bugs)
+                             if self.settings.replicate else None,
                              "images_per_verified_bug": generated / len(bugs) if bugs else None},
         }
 

@@ -24,6 +24,7 @@ class VerifySettings:
     vocabulary: list = option([], parse=_phrases)  # phrases the diagnosis ensemble ranks, besides the generator's
     max_groups: int = option(8, kind=int, low=1, high=32)  # failure groups (k) considered per class
     min_errors: int = option(10, kind=int, low=2)  # failures a class (or group) needs before it is clustered
+    replicate: bool = option(False, kind=bool)  # test each verified bug again on a second fresh sample
 
     @classmethod
     def parse(cls, raw, where: str = "verify") -> "VerifySettings | None":

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vbugs_ray.caption import RowCaptioner
+from vbugs_ray.caption import caption_sets, sample_size
 from vbugs_ray.discover.diagnosis import DiagnosisEnsemble
 from vbugs_ray.discover.directions import failure_directions
 from vbugs_ray.discover.groups import failure_groups
@@ -72,20 +72,18 @@ def _failing(rows: RunRows, mask: np.ndarray) -> tuple[int, ...]:
 class Describer:
     """Collects (inside, reference) contrasts and captions them in one pass over the store."""
 
-    def __init__(self, store: RunStore, spec: AuditSpec, rows: RunRows, embedder: Any, seed: int):
-        self.store, self.spec, self.rows = store, spec, rows
+    def __init__(self, store: RunStore, spec: AuditSpec, rows: RunRows, embedder: Any, seed: int,
+                 progress: Callable[[str], None] = lambda _: None):
+        self.store, self.spec, self.rows, self.progress = store, spec, rows, progress
         self.embedder, self.rng = embedder, np.random.default_rng([seed, 77])
         self.pending: list[tuple[Hypothesis, np.ndarray, np.ndarray]] = []
-        self._captioner: RowCaptioner | None = None
 
     def add(self, template: Hypothesis, failing_idx: np.ndarray) -> None:
         """Describe ``failing_idx`` (row indexes, failures of the template's class) against the
         class's correctly classified rows."""
         if self.spec.captioner is None or len(failing_idx) == 0:
             return
-        if self._captioner is None:
-            self._captioner = RowCaptioner(self.store, self.spec, self.embedder)
-        k = self._captioner.sample_size
+        k = sample_size(self.spec)
         correct = np.nonzero((self.rows.classes == template.class_name) & ~self.rows.errors)[0]
         if len(correct) == 0:
             return
@@ -96,7 +94,8 @@ class Describer:
     def describe(self) -> list[Hypothesis]:
         if not self.pending:
             return []
-        captions = self._captioner.caption([(inside, ref) for _, inside, ref in self.pending])
+        captions = caption_sets(self.store, self.spec, [(inside, ref) for _, inside, ref in self.pending],
+                                self.embedder, self.progress)
         out = []
         for (template, _, _), phrases in zip(self.pending, captions):
             predicates, free = split_phrases(self.spec, list(phrases))
@@ -225,13 +224,26 @@ def from_diagnosis(ranking: list[dict], texts: dict, rows: RunRows, spec: AuditS
     return out
 
 
+RANKED_PER_CLASS = 10
+
+
+def _by_class(ranking: list[dict], top: int) -> dict[str, list[dict]]:
+    """Each class's phrases, highest predicted lift first: what the ensemble says each class fears."""
+    out: dict[str, list[dict]] = {}
+    for item in ranking:
+        phrases = out.setdefault(item["class"], [])
+        if len(phrases) < top:
+            phrases.append({"phrase": item["phrase"], "lift": item["lift"], "spread": item["spread"]})
+    return out
+
+
 def discover(store: RunStore, spec: AuditSpec, flagged: list[dict], embedder: Any, progress: Progress
              ) -> tuple[dict[str, list[Hypothesis]], dict]:
     """Every source's hypotheses (ranked within the source) and a summary for the report."""
     settings = spec.verify
     rows = RunRows.load(store, spec)
     progress(f"discovery over {len(rows.row_ids)} valid rows ({rows.embeddings.shape[1]}-d embeddings)")
-    describer = Describer(store, spec, rows, embedder, spec.seed)
+    describer = Describer(store, spec, rows, embedder, spec.seed, progress)
     by_source: dict[str, list[Hypothesis]] = {s: [] for s in SOURCES}
     by_source["slice"] = from_slices(flagged, rows, spec, describer, spec.search.top_k)
     groups = from_groups(rows, settings, describer, spec.seed)
@@ -242,7 +254,7 @@ def discover(store: RunStore, spec: AuditSpec, flagged: list[dict], embedder: An
         by_source[h.sources[0]["kind"]].append(h)
     by_source = {kind: _ranked(hs) for kind, hs in by_source.items()}
     summary = {"groups": groups, "directions": directions, "diagnosis": ensemble.summary(),
-               "vocabulary_ranking": ranking[:20]}
+               "vocabulary_ranking": ranking[:20], "vocabulary_ranking_by_class": _by_class(ranking, RANKED_PER_CLASS)}
     progress(f"discovery: {len(groups)} failure groups, {sum(d['auc'] >= MIN_AUC for d in directions)} failure "
              f"directions (AUC >= {MIN_AUC}), diagnosis ensemble held-out Spearman "
              f"{ensemble.spearman:.2f}; hypotheses: " + ", ".join(f"{len(v)} {k}" for k, v in by_source.items()))

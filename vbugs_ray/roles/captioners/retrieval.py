@@ -41,6 +41,10 @@ class RetrievalCaptioner:
 
     sample_size = SAMPLE_SIZE
 
+    @classmethod
+    def sample_size_for(cls, options) -> int:
+        return SAMPLE_SIZE
+
     def __init__(self, options, role_spec, spec, embedder):
         self.top, self.min_score = options.top_phrases, options.min_score
         self.phrases = candidate_phrases(spec)

@@ -62,6 +62,10 @@ class TransformersCaptioner:
         check_pretrained_source(options.model, f"{FIELD}.model", "Salesforce/blip-image-captioning-base",
                                 "config.json", "transformers model")
 
+    @classmethod
+    def sample_size_for(cls, options) -> int:
+        return options.images_per_slice
+
     def __init__(self, options, role_spec, spec, embedder=None):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -77,7 +81,7 @@ class TransformersCaptioner:
         self.model = model.eval().to(self.device)
         self.prompt = options.prompt
         self.generate_kwargs = {"max_new_tokens": options.max_new_tokens, "num_beams": options.num_beams}
-        self.sample_size = options.images_per_slice
+        self.sample_size = self.sample_size_for(options)
         self.batch_size = role_spec.batch_size
         self.top = options.top_phrases
 
