@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 BENCH_VENV := .venv-bench
+DOMINO_VENV := .venv-domino
 
-.PHONY: demo test install clean bench bench-slices bench-generate
+.PHONY: demo test install clean bench bench-slices bench-generate bench-discover
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,5 +42,17 @@ $(BENCH_VENV)/.installed:
 bench-slices: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python benchmarks/bench_slices.py --baseline-python $(BENCH_VENV)/bin/python
 
+# Domino's slicer, the baseline of bench_discover.py: its pins (scikit-learn 0.24) have no Python
+# 3.11 wheels, so it is installed without its dependencies beside scikit-learn 1.1 (see
+# benchmarks/domino_baseline.py for the two imports it is given instead)
+$(DOMINO_VENV)/.installed:
+	test -x $(DOMINO_VENV)/bin/python || $(PY) -m venv $(DOMINO_VENV)
+	$(DOMINO_VENV)/bin/python -m pip install --quiet "setuptools<70" wheel "numpy<1.27" "scipy<1.12" "scikit-learn==1.1.3" tqdm
+	$(DOMINO_VENV)/bin/python -m pip install --quiet --no-build-isolation --no-deps domino==0.1.5
+	touch $@
+
+bench-discover: $(STAMP) $(DOMINO_VENV)/.installed
+	$(BIN)/python benchmarks/bench_discover.py --baseline-python $(DOMINO_VENV)/bin/python
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) runs
+	rm -rf $(VENV) $(BENCH_VENV) $(DOMINO_VENV) runs

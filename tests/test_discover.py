@@ -10,6 +10,7 @@ import pytest
 from sklearn.preprocessing import normalize
 
 from vbugs_ray.discover import DiagnosisEnsemble, choose_k, failure_directions, failure_groups, rank_phrases
+from vbugs_ray.discover.diagnosis import fit_per_class
 
 D = 64
 
@@ -153,21 +154,55 @@ def _linear_losses(rng, n: int = 5000, dim: int = 32):
     return x, 1.0 + 3.0 * (x @ w) + 0.05 * rng.normal(size=n), w
 
 
-def test_diagnosis_learns_a_linear_loss():
+@pytest.mark.parametrize("model", ["mlp", "ridge"])
+def test_diagnosis_learns_a_linear_loss(model):
     rng = np.random.default_rng(7)
     x, loss, _ = _linear_losses(rng)
-    ens = DiagnosisEnsemble(seed=1).fit(x, loss)
+    ens = DiagnosisEnsemble(model=model, seed=1).fit(x, loss)
     assert ens.r2 > 0.8 and ens.spearman > 0.9
     assert ens.n_train == 4000 and ens.n_test == 1000
-    assert set(ens.summary()) == {"members", "r2", "spearman", "n_train", "n_test"}
+    assert set(ens.summary()) == {"model", "members", "r2", "spearman", "n_train", "n_test"}
     # shuffled losses: no signal, held-out Spearman near 0 (1000 rows: sd ~0.03)
-    assert abs(DiagnosisEnsemble(seed=1).fit(x, rng.permutation(loss)).spearman) < 0.1
+    assert abs(DiagnosisEnsemble(model=model, seed=1).fit(x, rng.permutation(loss)).spearman) < 0.1
 
 
-def test_diagnosis_spread_grows_off_the_data():
+def test_mlp_members_learn_a_failure_in_the_middle_of_an_attribute_that_ridge_cannot():
+    """Loss high where the attribute x @ w is near 0 (a medium size between small and large):
+    not a direction, so a linear member scores it near chance and the MLP does not."""
+    rng = np.random.default_rng(11)
+    x, _, w = _linear_losses(rng, n=4000, dim=16)
+    s = x @ w
+    loss = np.exp(-((s / 0.15) ** 2)) + 0.05 * rng.normal(size=len(s))
+    mlp = DiagnosisEnsemble(model="mlp", seed=0).fit(x, loss)
+    ridge = DiagnosisEnsemble(model="ridge", seed=0).fit(x, loss)
+    assert mlp.spearman > 0.7 and abs(ridge.spearman) < 0.2, (mlp.spearman, ridge.spearman)
+    # and it ranks the phrase of the middle first, where ridge cannot tell the three apart
+    texts = np.stack([-0.5 * w, 0 * w, 0.5 * w]) + normalize(rng.normal(size=(1, 16)))  # small, medium, large
+    ranked = rank_phrases(mlp, ["small", "medium", "large"], texts)
+    assert ranked[0]["phrase"] == "medium"
+
+
+def test_per_class_ensembles_see_a_failure_of_one_class():
+    """Class b fails where the attribute is high, class a where it is low: one ensemble over both
+    cancels out, one per class finds each (and a class below min_rows gets none)."""
+    rng = np.random.default_rng(12)
+    x, _, w = _linear_losses(rng, n=4000, dim=16)
+    classes = np.where(np.arange(4000) % 2 == 0, "a", "b")
+    classes[:30] = "rare"
+    s = x @ w
+    loss = np.where(classes == "a", -s, s) + 0.05 * rng.normal(size=4000)
+    models = fit_per_class(x, loss, classes, min_rows=40, seed=0, model="ridge")
+    assert set(models) == {"a", "b"}
+    assert models["a"].spearman > 0.9 and models["b"].spearman > 0.9
+    assert abs(DiagnosisEnsemble(model="ridge", seed=0).fit(x, loss).spearman) < 0.2
+    assert models["a"].n_train + models["a"].n_test == int((classes == "a").sum())
+
+
+@pytest.mark.parametrize("model", ["mlp", "ridge"])
+def test_diagnosis_spread_grows_off_the_data(model):
     rng = np.random.default_rng(8)
     x, loss, _ = _linear_losses(rng, n=2000)
-    ens = DiagnosisEnsemble(members=8, seed=0).fit(x, loss + 0.3 * rng.normal(size=len(loss)))
+    ens = DiagnosisEnsemble(members=8, model=model, seed=0).fit(x, loss + 0.3 * rng.normal(size=len(loss)))
     _, on = ens.predict(x[:200])
     _, off = ens.predict(10 * normalize(rng.normal(size=(200, x.shape[1]))))
     assert off.mean() > 3 * on.mean()

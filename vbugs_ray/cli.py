@@ -55,6 +55,20 @@ def _parser() -> argparse.ArgumentParser:
     diagnose.add_argument("run_dir", help="a finished audit's run directory")
     diagnose.add_argument("phrases", nargs="+", help='descriptions, e.g. "a star in heavy clutter" "at night"')
 
+    discover = sub.add_parser("discover", help="failure groups, failure directions and the diagnosis ensemble on "
+                                               "any Parquet table of embeddings and errors")
+    discover.add_argument("--table", required=True, help="a Parquet file or directory of Parquet files")
+    discover.add_argument("--embedding-col", default="embedding", help="list-of-floats column (default: embedding)")
+    discover.add_argument("--error-col", default="error", help="the 0/1 (or bool) error column (default: error)")
+    discover.add_argument("--class-col", default="class", help="the true class column (default: class; '' for none)")
+    discover.add_argument("--loss-col", default=None, help="a per-row loss column: fits the diagnosis ensembles")
+    discover.add_argument("--pred-col", default=None, help="the predicted class column: each group's wrong predictions")
+    discover.add_argument("--features", default=None, help="comma-separated columns each group is compared on")
+    discover.add_argument("--with-rows", action="store_true", help="list each group's and direction's rows "
+                                                                    "(positions in the table)")
+    discover.add_argument("--seed", type=int, default=0)
+    discover.add_argument("--out", default=None, help="also write the JSON result here")
+
     tokens = sub.add_parser("learn-tokens", help="learn a class token by textual inversion from a folder of images")
     tokens.add_argument("--model", required=True, help="SD 1.x/2.x pipeline: hub id or local folder")
     tokens.add_argument("--images", required=True, help="folder of the class's real images")
@@ -107,6 +121,16 @@ def _diagnose(args) -> int:
     store = RunStore(args.run_dir)
     spec = parse_spec(store.load_spec_dict(), source=str(store.spec_path))
     result = diagnose_phrases(store, spec, args.phrases, _log)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _discover(args) -> int:
+    from vbugs_ray.discover_table import discover_table
+
+    result = discover_table(args.table, args.embedding_col, args.error_col, args.class_col or None, args.loss_col,
+                            args.pred_col, args.features.split(",") if args.features else None, args.out,
+                            args.seed, args.with_rows, progress=_log)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -187,7 +211,7 @@ def user_error(exc: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"audit": _audit, "slices": _slices, "verify": _verify, "diagnose": _diagnose,
+        commands = {"audit": _audit, "slices": _slices, "verify": _verify, "diagnose": _diagnose, "discover": _discover,
                     "validate": _validate, "learn-tokens": _learn_tokens}
         return commands[args.command](args)
     except Exception as exc:

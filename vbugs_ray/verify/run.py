@@ -35,7 +35,7 @@ from vbugs_ray.verify.sources import SOURCES, discover
 from vbugs_ray.verify.verdicts import Verdict, arms_of, judge_round, merge_bugs, part_needed
 
 Progress = Callable[[str], None]
-VERSION = 1  # of the verification procedure: part of the folder key
+VERSION = 2  # of the verification procedure (2: per-class MLP diagnosis ensembles): part of the folder key
 
 
 def verify_key(spec: AuditSpec) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vbugs_ray.caption import caption_sets, sample_size
-from vbugs_ray.discover.diagnosis import DiagnosisEnsemble
+from vbugs_ray.discover.diagnosis import DiagnosisEnsemble, fit_per_class
 from vbugs_ray.discover.directions import failure_directions
 from vbugs_ray.discover.groups import failure_groups
 from vbugs_ray.roles.vocabulary import axis_of_phrase, candidate_phrases
@@ -184,27 +184,33 @@ def text_queries(spec: AuditSpec, embedder: Any, class_name: str, phrases: list[
     return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
 
+MIN_CLASS_ROWS = 40  # rows a class needs for an ensemble of its own
+
+
 def diagnose_vocabulary(rows: RunRows, spec: AuditSpec, embedder: Any, seed: int
-                        ) -> tuple[DiagnosisEnsemble, list[dict], dict[tuple[str, str], np.ndarray]]:
-    """Fit the diagnosis ensemble on (image embedding -> loss) and rank every (class, phrase) by
-    the predicted loss it adds to the class alone. Returns the ensemble, the ranking (highest
-    lift first) and each pair's text embedding."""
+                        ) -> tuple[DiagnosisEnsemble, list[dict], dict[tuple[str, str], np.ndarray], dict]:
+    """Fit the diagnosis ensemble on (image embedding -> loss) over the run, and one per class on
+    the class's rows: a bug is a failure of one class, and the run's ensemble mostly learns which
+    classes are hard. Each class's ensemble ranks every phrase by the predicted loss it adds to
+    the class alone. Returns the run's ensemble, the ranking (highest lift first), each (class,
+    phrase) text embedding, and each class ensemble's summary."""
     finite = np.isfinite(rows.losses)
     ensemble = DiagnosisEnsemble(seed=seed).fit(rows.embeddings[finite], rows.losses[finite])
     phrases = candidate_phrases(spec, with_classes=False)
-    queries = {c: text_queries(spec, embedder, c, phrases, seed) for c in spec.classes}
-    # scored together: the modality-gap shift is taken over the whole vocabulary of every class
-    mean_all, spread_all = ensemble.score_texts(np.concatenate(list(queries.values())))
-    ranking, texts = [], {}
-    for i, (class_name, emb) in enumerate(queries.items()):
-        block = slice(i * len(emb), (i + 1) * len(emb))
-        mean, spread = mean_all[block], spread_all[block]
+    models = fit_per_class(rows.embeddings, rows.losses, rows.classes, MIN_CLASS_ROWS, seed)
+    ranking, texts, by_class = [], {}, {}
+    for class_name in [c for c in spec.classes if c in models]:
+        model = models[class_name]
+        by_class[class_name] = model.summary()
+        emb = text_queries(spec, embedder, class_name, phrases, seed)
+        # scored together: the modality-gap shift is taken over the class's whole vocabulary
+        mean, spread = model.score_texts(emb)
         for j, phrase in enumerate(phrases, 1):
             ranking.append({"class": class_name, "phrase": phrase, "predicted_loss": float(mean[j]),
                             "spread": float(spread[j]), "lift": float(mean[j] - mean[0])})
             texts[(class_name, phrase)] = emb[j]
     ranking.sort(key=lambda r: -r["lift"])
-    return ensemble, ranking, texts
+    return ensemble, ranking, texts, by_class
 
 
 def from_diagnosis(ranking: list[dict], texts: dict, rows: RunRows, spec: AuditSpec, limit: int) -> list[Hypothesis]:
@@ -248,16 +254,17 @@ def discover(store: RunStore, spec: AuditSpec, flagged: list[dict], embedder: An
     by_source["slice"] = from_slices(flagged, rows, spec, describer, spec.search.top_k)
     groups = from_groups(rows, settings, describer, spec.seed)
     directions = from_directions(rows, settings, describer, spec.seed)
-    ensemble, ranking, texts = diagnose_vocabulary(rows, spec, embedder, spec.seed)
+    ensemble, ranking, texts, by_class = diagnose_vocabulary(rows, spec, embedder, spec.seed)
     by_source["diagnosis"] = from_diagnosis(ranking, texts, rows, spec, settings.max_hypotheses)
     for h in describer.describe():
         by_source[h.sources[0]["kind"]].append(h)
     by_source = {kind: _ranked(hs) for kind, hs in by_source.items()}
-    summary = {"groups": groups, "directions": directions, "diagnosis": ensemble.summary(),
+    summary = {"groups": groups, "directions": directions, "diagnosis": {**ensemble.summary(), "by_class": by_class},
                "vocabulary_ranking": ranking[:20], "vocabulary_ranking_by_class": _by_class(ranking, RANKED_PER_CLASS)}
     progress(f"discovery: {len(groups)} failure groups, {sum(d['auc'] >= MIN_AUC for d in directions)} failure "
-             f"directions (AUC >= {MIN_AUC}), diagnosis ensemble held-out Spearman "
-             f"{ensemble.spearman:.2f}; hypotheses: " + ", ".join(f"{len(v)} {k}" for k, v in by_source.items()))
+             f"directions (AUC >= {MIN_AUC}), diagnosis ensemble held-out Spearman {ensemble.spearman:.2f} "
+             f"(per class, median {np.median([c['spearman'] for c in by_class.values()] or [np.nan]):.2f}); "
+             "hypotheses: " + ", ".join(f"{len(v)} {k}" for k, v in by_source.items()))
     return by_source, summary
 
 
