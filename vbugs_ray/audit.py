@@ -49,18 +49,24 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
         prepare(role, getattr(spec, role), spec, progress)
 
     gpus = {role: getattr(spec, role).num_gpus for role in PIPELINE_ROLES}
+    t0 = time.time()
+    n_done = 0
+
+    def published(index: int, rows: int) -> None:
+        nonlocal n_done
+        n_done += 1
+        progress(f"shard {index + 1}/{len(shards)} written ({rows} rows; "
+                 f"{n_done}/{len(pending)} pending done, {time.time() - t0:.0f}s)")
+
     with ray_session(spec.run, progress, gpus) if spec.run.executor == "ray" else contextlib.nullcontext():
         executor = make_executor(spec)
         try:
-            t0 = time.time()
-            for n_done, (index, start, stop) in enumerate(pending, 1):
-                staging = store.begin_shard(index)
-                executor.run_shard(grid.slice(start, stop - start), staging)
-                store.commit_shard(index)
-                progress(f"shard {index + 1}/{len(shards)} written ({stop - start} rows; "
-                         f"{n_done}/{len(pending)} pending done, {time.time() - t0:.0f}s)")
+            loads = executor.run(grid, store, pending, published)
         finally:
             executor.close()
+    atomic_write_json(store.root / "loads.json", loads)
+    progress("models loaded: " + ", ".join(f"{role} {n}" for role, n in loads.items())
+             + f" (one execution over {len(pending)} shards)")
     return store
 
 

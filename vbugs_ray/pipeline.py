@@ -4,25 +4,36 @@ chain them: generate -> embed + filter -> classify -> rows.
 Each stage is a class whose ``__init__`` loads its model once and whose ``__call__`` maps a batch
 (a dict of numpy arrays) to a batch, so the same object runs under Ray Data's ``map_batches``
 (actor pools) and on a plain dict in a test. The run store turns the last batch into its rows
-(``store.rows_table``). ``RayExecutor`` builds the Ray Data plan; ``LocalExecutor`` runs the same
-stages in-process (tests, benchmarks, debugging).
+(``store.rows_table``) and ``store.ShardWriter`` publishes each shard when it is whole.
+``RayExecutor`` runs every pending row of a run as one streaming Ray Data execution, so each actor
+loads its model once for the whole run and the pipeline never drains between shards;
+``LocalExecutor`` runs the same stages in-process (tests, benchmarks, debugging).
 """
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from vbugs_ray.errors import RunStoreError
 from vbugs_ray.filter import ClipFilter
 from vbugs_ray.roles import registry
 from vbugs_ray.roles.protocols import Classifier, Embedder, Generator
 from vbugs_ray.spec import AuditSpec, RoleSpec
-from vbugs_ray.store import rows_table
+from vbugs_ray.store import RunStore, ShardWriter, rows_table
 
 TOP_K = 5
+
+
+def record_load(load_log: str | None, role: str) -> None:
+    """One file per model load under ``load_log``: executions count them (``model loads per role``)."""
+    if load_log:
+        Path(load_log, f"{role}-{uuid.uuid4().hex}").touch()
 
 
 def limit_threads(role_spec: RoleSpec) -> None:
@@ -37,8 +48,9 @@ def limit_threads(role_spec: RoleSpec) -> None:
 class GenerateStage:
     """prompt, seed -> image (N, H, W, 3) uint8."""
 
-    def __init__(self, spec: AuditSpec):
+    def __init__(self, spec: AuditSpec, load_log: str | None = None):
         limit_threads(spec.generator)
+        record_load(load_log, "generator")
         self.backend: Generator = registry.create("generator", spec.generator, spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -51,8 +63,9 @@ class EmbedStage:
     """image -> embedding (N, D) float32, L2-normalised; then the CLIP filter's verdict from the
     same embeddings: valid, filter_reason (and the similarities, when the spec has a filter)."""
 
-    def __init__(self, spec: AuditSpec):
+    def __init__(self, spec: AuditSpec, load_log: str | None = None):
         limit_threads(spec.embedder)
+        record_load(load_log, "embedder")
         self.backend: Embedder = registry.create("embedder", spec.embedder, spec)
         self.filter = ClipFilter(spec, self.backend) if spec.filter is not None else None
 
@@ -78,8 +91,9 @@ class ClassifyStage:
     row says): they get pred_index -1, empty names, NaN p_true and loss, and error false.
     """
 
-    def __init__(self, spec: AuditSpec):
+    def __init__(self, spec: AuditSpec, load_log: str | None = None):
         limit_threads(spec.classifier)
+        record_load(load_log, "classifier")
         self.backend: Classifier = registry.create("classifier", spec.classifier, spec)
         self.class_map = self.backend.class_map
         self.class_names = np.asarray(spec.classes, dtype=object)
@@ -129,20 +143,73 @@ def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
+Published = Callable[[int, int], None]  # (shard index, rows) when a shard becomes visible
+
+
+class _Execution:
+    """What one execution over a run store shares: the pending shards' staging folders (left-overs
+    of an interrupted attempt removed), the shard writer's arguments and a folder counting loads."""
+
+    def __init__(self, spec: AuditSpec, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]]):
+        self.store = store
+        self.sizes = {index: stop - start for index, start, stop in shards}
+        for index in self.sizes:
+            store.begin_shard(index)
+        self.writer = {"root": str(store.root.resolve()), "first_row_id": int(rows.column("row_id")[0].as_py()),
+                       "shard_rows": spec.run.shard_rows, "sizes": self.sizes}
+        self.load_log = store.root.resolve() / ".loads" / uuid.uuid4().hex
+        self.load_log.mkdir(parents=True)
+
+    def loads(self) -> dict[str, int]:
+        counts = {role: 0 for role, _ in STAGES}
+        for path in self.load_log.iterdir():
+            counts[path.name.split("-")[0]] += 1
+        shutil.rmtree(self.load_log, ignore_errors=True)
+        return counts
+
+    def check_published(self) -> None:
+        missing = sorted(i for i in self.sizes if not self.store.shard_dir(i).exists())
+        if missing:
+            raise RunStoreError(f"the execution ended with shards {missing[:5]} of {self.store.rows_dir} incomplete; "
+                                f"re-run the same command to write them")
+
+
+def write_rows(batch: dict[str, np.ndarray], writer: dict) -> dict[str, np.ndarray]:
+    """The last step of an execution: the batch as run-store rows, into their shards."""
+    written = ShardWriter(**writer).write(rows_table(batch))
+    return {"shard": np.asarray([w[0] for w in written], np.int64), "rows": np.asarray([w[1] for w in written], np.int64),
+            "published": np.asarray([w[2] for w in written], bool)}
+
+
 class LocalExecutor:
-    """Runs the stages in this process, each in chunks of its own batch size."""
+    """Runs the stages in this process, each in chunks of its own batch size; models load on the
+    first run and stay for the executor's life."""
 
     def __init__(self, spec: AuditSpec):
         self.spec = spec
-        self.stages = [(getattr(spec, role).batch_size, cls(spec)) for role, cls in STAGES]
+        self.stages: list | None = None
 
-    def run_shard(self, rows: pa.Table, out_dir: Path) -> None:
-        batch = {name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names}
-        for size, stage in self.stages:
-            n = len(batch["row_id"])
-            batch = _concat([stage({k: v[i:i + size] for k, v in batch.items()}) for i in range(0, n, size)])
-        out_dir.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows_table(batch), out_dir / "part-00000.parquet")
+    def run(self, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]],
+            published: Published = lambda *_: None) -> dict[str, int]:
+        """Write the pending ``shards`` of ``rows``; returns the model loads per role."""
+        execution = _Execution(self.spec, rows, store, shards)
+        if self.stages is None:
+            self.stages = [(getattr(self.spec, role).batch_size, cls(self.spec, str(execution.load_log)))
+                           for role, cls in STAGES]
+        for index, start, stop in shards:
+            part = rows.slice(start, stop - start)
+            batch = {name: part.column(name).to_numpy(zero_copy_only=False) for name in part.column_names}
+            for size, stage in self.stages:
+                n = len(batch["row_id"])
+                batch = _concat([stage({k: v[i:i + size] for k, v in batch.items()}) for i in range(0, n, size)])
+            size = self.spec.classifier.batch_size  # written as the Ray executor writes: a file per batch
+            for i in range(0, len(batch["row_id"]), size):
+                out = write_rows({k: v[i:i + size] for k, v in batch.items()}, execution.writer)
+                for shard, done in zip(out["shard"], out["published"]):
+                    if done:
+                        published(int(shard), execution.sizes[int(shard)])
+        execution.check_published()
+        return execution.loads()
 
     def close(self) -> None:
         """Drop the models and give their accelerator memory back (Ray actors free theirs on exit)."""
@@ -150,42 +217,55 @@ class LocalExecutor:
 
         import torch
 
-        self.stages = []
+        self.stages = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
 class RayExecutor:
-    """Builds a Ray Data plan per shard: generate -> embed + filter -> classify -> rows -> Parquet.
+    """One Ray Data execution over every pending row: generate -> embed + filter -> classify ->
+    rows written into their shards, streaming.
 
     Each model stage is an actor pool (``ActorPoolStrategy``) sized by the role's ``concurrency``,
-    reserving the role's ``num_cpus`` / ``num_gpus`` per actor (fractions allowed); turning a
-    batch into rows (PNG encoding) runs as light tasks.
+    reserving the role's ``num_cpus`` / ``num_gpus`` per actor (fractions allowed); its actors
+    load their model once for the whole execution. Writing (PNG encoding, Parquet) runs as light
+    tasks; each shard is published the moment its last rows are written, so an interrupted run
+    keeps every whole shard and re-runs only the others.
     """
 
     def __init__(self, spec: AuditSpec):
         self.spec = spec
 
-    def run_shard(self, rows: pa.Table, out_dir: Path) -> None:
+    def run(self, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]],
+            published: Published = lambda *_: None) -> dict[str, int]:
+        """Write the pending ``shards`` of ``rows``; returns the model loads per role."""
         import ray
 
         spec = self.spec
+        execution = _Execution(spec, rows, store, shards)
+        pending = pa.concat_tables([rows.slice(start, stop - start) for _, start, stop in shards])
         first = spec.generator.batch_size
-        ds = ray.data.from_arrow([rows.slice(i, first) for i in range(0, rows.num_rows, first)])
+        ds = ray.data.from_arrow([pending.slice(i, first) for i in range(0, pending.num_rows, first)])
         for role, stage in STAGES:
             role_spec: RoleSpec = getattr(spec, role)
             ds = ds.map_batches(
                 stage,
-                fn_constructor_kwargs={"spec": spec},
+                fn_constructor_kwargs={"spec": spec, "load_log": str(execution.load_log)},
                 batch_size=role_spec.batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=role_spec.concurrency),
                 num_cpus=role_spec.num_cpus,
                 num_gpus=role_spec.num_gpus or None,
             )
-        ds = ds.map_batches(rows_table, batch_format="numpy", batch_size=spec.classifier.batch_size, num_cpus=0.25)
-        ds.write_parquet(str(out_dir))
+        ds = ds.map_batches(write_rows, fn_kwargs={"writer": execution.writer}, batch_format="numpy",
+                            batch_size=spec.classifier.batch_size, num_cpus=0.25)
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for shard, done in zip(out["shard"], out["published"]):
+                if done:
+                    published(int(shard), execution.sizes[int(shard)])
+        execution.check_published()
+        return execution.loads()
 
     def close(self) -> None:
         pass

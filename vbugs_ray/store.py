@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from vbugs_ray.atomic import atomic_write_json
 from vbugs_ray.cache import key_of
@@ -134,3 +135,67 @@ def rows_table(batch: dict[str, Any]) -> pa.Table:
     cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
     cols["image_png"] = pa.array([encode_png(im) for im in batch["image"]], pa.binary())
     return pa.table(cols)
+
+
+class ShardWriter:
+    """Writes finished rows of one streaming execution into their shards' staging folders and
+    publishes each shard the moment it is whole.
+
+    A table of rows at consecutive ``row_id`` from ``first_row_id`` is cut into shards of
+    ``shard_rows`` (``plan_shards``); ``sizes`` maps each pending shard to its row count. Each call
+    writes one Parquet file per shard it touches, named by its first row id and row count, under a
+    temporary name and then renamed, so the staging folder only ever lists whole files; when the
+    files of a shard add up to its size the staging folder is renamed into place (the
+    ``RunStore.commit_shard`` guarantee: a shard folder holds all its rows or does not exist).
+    Idempotent: a retried batch rewrites the same file names, and rows of a shard that is already
+    published are dropped. Safe beside other writers of the same run (Ray tasks): only one of two
+    writers that both see a shard complete wins the rename; the other finds it published.
+    """
+
+    def __init__(self, root: str | Path, first_row_id: int, shard_rows: int, sizes: dict[int, int]):
+        self.store = RunStore(root)
+        self.first_row_id, self.shard_rows = int(first_row_id), int(shard_rows)
+        self.sizes = {int(k): int(v) for k, v in sizes.items()}
+
+    def shard_of(self, row_ids: np.ndarray) -> np.ndarray:
+        return (np.asarray(row_ids, np.int64) - self.first_row_id) // self.shard_rows
+
+    def write(self, table: pa.Table) -> list[tuple[int, int, bool]]:
+        """Write ``table``'s rows; returns (shard, rows written, published by this call) per shard."""
+        shards = self.shard_of(table.column("row_id").to_numpy())
+        out = []
+        for shard in np.unique(shards).tolist():
+            if shard not in self.sizes:
+                raise RunStoreError(f"row ids {table.column('row_id')[0]}... fall in shard {shard}, "
+                                    f"which this execution does not write")
+            staging = self.store.staging_dir(shard)
+            if not staging.exists():  # published by another writer (or a retried batch after it)
+                out.append((shard, 0, False))
+                continue
+            part = table.filter(pa.array(shards == shard)).sort_by("row_id")
+            name = f"part-{int(part.column('row_id')[0].as_py()):012d}-{part.num_rows}.parquet"
+            tmp = staging / f".{name}.tmp"
+            try:
+                pq.write_table(part, tmp)
+                tmp.replace(staging / name)
+            except FileNotFoundError:  # published meanwhile by a writer of the same rows
+                out.append((shard, 0, False))
+                continue
+            out.append((shard, part.num_rows, self._publish_if_whole(shard)))
+        return out
+
+    def _publish_if_whole(self, shard: int) -> bool:
+        staging = self.store.staging_dir(shard)
+        try:
+            held = sum(int(p.stem.rsplit("-", 1)[1]) for p in staging.glob("part-*.parquet"))
+        except FileNotFoundError:
+            return False
+        if held < self.sizes[shard]:
+            return False
+        if held > self.sizes[shard]:
+            raise RunStoreError(f"{staging} holds {held} rows for a shard of {self.sizes[shard]}: rows written twice")
+        try:
+            self.store.commit_shard(shard)
+        except OSError:  # another writer published it first
+            return False
+        return True

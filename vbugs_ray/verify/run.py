@@ -113,13 +113,11 @@ class Verification:
         rounds = RunStore(self.root / folder)
         shards = plan_shards(table.num_rows, self.spec.run.shard_rows)
         done = rounds.done_shards()
-        for shard, start, stop in shards:
-            if shard in done:
-                continue
-            staging = rounds.begin_shard(shard)
-            executor().run_shard(table.slice(start, stop - start), staging)
-            rounds.commit_shard(shard)
-            progress(f"verify {folder.replace('-', ' ')}: shard {shard + 1}/{len(shards)} written ({stop - start} rows)")
+        pending = [s for s in shards if s[0] not in done]
+        if pending:
+            rounds.rows_dir.mkdir(parents=True, exist_ok=True)
+            executor().run(table, rounds, pending, lambda shard, rows: progress(
+                f"verify {folder.replace('-', ' ')}: shard {shard + 1}/{len(shards)} written ({rows} rows)"))
         rows = rounds.read(columns=["row_id", "hypothesis", "pred", "valid", "error"])
         return {"row_id": rows.column("row_id").to_numpy(),
                 "hypothesis": rows.column("hypothesis").to_numpy(zero_copy_only=False).astype(str),
