@@ -48,12 +48,12 @@ class DiagnosisEnsemble:
         self.n_train = self.n_test = 0
         self.image_mean: np.ndarray | None = None
 
-    def _member(self, index: int):
+    def _member(self, index: int, rows: int):
         if self.model == "ridge":
             return Ridge(alpha=self.alpha)
         # a higher learning rate and a shorter patience than scikit-learn's defaults: the same
         # held-out Spearman and phrase ranks on the toy world's bugs, at less than half the time
-        return MLPRegressor(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, batch_size=256,
+        return MLPRegressor(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, batch_size=min(256, rows),
                             learning_rate_init=3e-3, early_stopping=True, n_iter_no_change=5, max_iter=200,
                             random_state=self.seed * 1000 + index)
 
@@ -77,7 +77,7 @@ class DiagnosisEnsemble:
             self.models = []
             for index in range(self.members):
                 resample = rng.choice(train, size=min(len(train), self.max_rows), replace=True)
-                self.models.append(self._member(index).fit(x[resample], y[resample]))
+                self.models.append(self._member(index, len(resample)).fit(x[resample], y[resample]))
         self.image_mean = x[train].mean(axis=0)
         pred, _ = self.predict(x[test])
         self.r2 = float(r2_score(y[test], pred))
