@@ -11,7 +11,7 @@ import pytest
 
 from vbugs_ray.audit import audit, find_slices, generate_rows
 from vbugs_ray.grid import build_grid
-from vbugs_ray.pipeline import ClassifyStage, EmbedStage, GenerateStage
+from vbugs_ray.pipeline import ClassifyStage, EmbedStage, GenerateStage, ScoreStage, ray_stages, scoring_fused
 from vbugs_ray.spec import parse_spec
 from vbugs_ray.errors import RunStoreError
 from vbugs_ray.store import RunStore, ShardWriter, rows_table
@@ -38,7 +38,7 @@ def test_stages_on_a_plain_batch(spec_dict):
     for value in batch.values():  # Ray may hand stages read-only (zero-copy) arrays
         if isinstance(value, np.ndarray):
             value.setflags(write=False)
-    batch = GenerateStage(spec)(batch)
+    batch = generated = GenerateStage(spec)(batch)
     assert batch["image"].shape == (12, 64, 64, 3) and batch["image"].dtype == np.uint8
     batch["image"].setflags(write=False)
     batch = EmbedStage(spec)(batch)
@@ -54,6 +54,25 @@ def test_stages_on_a_plain_batch(spec_dict):
     row = table.slice(0, 1).to_pylist()[0]
     assert row["image_png"][:8] == b"\x89PNG\r\n\x1a\n"
     assert row["top5"][0] == row["pred"] and len(row["embedding"]) == batch["embedding"].shape[1]
+    # the fused scoring actor computes the same columns, the classifier in its own batch size
+    spec_dict["classifier"]["batch_size"] = 5
+    fused = ScoreStage(parse_spec(spec_dict))(generated)
+    for name in ("embedding", "pred", "p_true", "error", "top5"):
+        np.testing.assert_array_equal(fused[name], batch[name])
+
+
+def test_embedder_and_classifier_share_an_actor_when_placed_alike(spec_dict):
+    spec = _small_spec(spec_dict)
+    assert scoring_fused(spec)
+    stages = ray_stages(spec)
+    assert [s[0] for s in stages] == [GenerateStage, ScoreStage]
+    assert stages[1][3] == spec.embedder.num_cpus + spec.classifier.num_cpus  # reserves both roles' CPUs
+    spec_dict["embedder"]["num_gpus"] = 0.5  # the embedder on a GPU, the classifier not: two pools
+    assert [s[0] for s in ray_stages(parse_spec(spec_dict))] == [GenerateStage, EmbedStage, ClassifyStage]
+    spec_dict["classifier"]["num_gpus"] = 0.25
+    assert ray_stages(parse_spec(spec_dict))[1][4] == 0.75
+    spec_dict["run"]["fuse_scoring"] = False
+    assert not scoring_fused(parse_spec(spec_dict))
 
 
 @pytest.mark.ray

@@ -139,6 +139,42 @@ STAGES: tuple[tuple[str, type], ...] = (
 )
 
 
+class ScoreStage:
+    """Embed + filter, then classify, in one actor: one actor to start and one hand-over between
+    processes less, when the embedder and the classifier share a device (``scoring_fused``)."""
+
+    def __init__(self, spec: AuditSpec, load_log: str | None = None):
+        self.embed, self.classify = EmbedStage(spec, load_log), ClassifyStage(spec, load_log)
+        self.classify_batch = spec.classifier.batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.embed(batch)
+        size = self.classify_batch
+        return _concat([self.classify({k: v[i:i + size] for k, v in out.items()})
+                        for i in range(0, len(out["row_id"]), size)])
+
+
+def scoring_fused(spec: AuditSpec) -> bool:
+    """Embedder and classifier in one actor: asked for (``run.fuse_scoring``) and placed alike
+    (the same device setting, and both or neither on a GPU)."""
+    emb, cls = spec.embedder, spec.classifier
+    return spec.run.fuse_scoring and emb.device == cls.device and (emb.num_gpus > 0) == (cls.num_gpus > 0)
+
+
+def ray_stages(spec: AuditSpec) -> list[tuple[type, int, int, float, float]]:
+    """(stage, batch size, actors, CPUs and GPUs per actor) in flow order for the Ray executor; a
+    fused scoring actor reserves what the embedder and the classifier would together."""
+    gen, emb, cls = spec.generator, spec.embedder, spec.classifier
+    out = [(GenerateStage, gen.batch_size, gen.concurrency, gen.num_cpus, gen.num_gpus)]
+    if scoring_fused(spec):
+        out.append((ScoreStage, emb.batch_size, max(emb.concurrency, cls.concurrency),
+                    emb.num_cpus + cls.num_cpus, emb.num_gpus + cls.num_gpus))
+    else:
+        out += [(EmbedStage, emb.batch_size, emb.concurrency, emb.num_cpus, emb.num_gpus),
+                (ClassifyStage, cls.batch_size, cls.concurrency, cls.num_cpus, cls.num_gpus)]
+    return out
+
+
 def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
@@ -229,7 +265,8 @@ class RayExecutor:
 
     Each model stage is an actor pool (``ActorPoolStrategy``) sized by the role's ``concurrency``,
     reserving the role's ``num_cpus`` / ``num_gpus`` per actor (fractions allowed); its actors
-    load their model once for the whole execution. Writing (PNG encoding, Parquet) runs as light
+    load their model once for the whole execution. The embedder and the classifier share one
+    pool when they share a device (``ray_stages``). Writing (PNG encoding, Parquet) runs as light
     tasks; each shard is published the moment its last rows are written, so an interrupted run
     keeps every whole shard and re-runs only the others.
     """
@@ -247,16 +284,15 @@ class RayExecutor:
         pending = pa.concat_tables([rows.slice(start, stop - start) for _, start, stop in shards])
         first = spec.generator.batch_size
         ds = ray.data.from_arrow([pending.slice(i, first) for i in range(0, pending.num_rows, first)])
-        for role, stage in STAGES:
-            role_spec: RoleSpec = getattr(spec, role)
+        for stage, batch_size, actors, num_cpus, num_gpus in ray_stages(spec):
             ds = ds.map_batches(
                 stage,
                 fn_constructor_kwargs={"spec": spec, "load_log": str(execution.load_log)},
-                batch_size=role_spec.batch_size,
+                batch_size=batch_size,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=role_spec.concurrency),
-                num_cpus=role_spec.num_cpus,
-                num_gpus=role_spec.num_gpus or None,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=num_cpus,
+                num_gpus=num_gpus or None,
             )
         ds = ds.map_batches(write_rows, fn_kwargs={"writer": execution.writer}, batch_format="numpy",
                             batch_size=spec.classifier.batch_size, num_cpus=0.25)

@@ -102,6 +102,8 @@ class RunSpec:
     shard_rows: int = option(4096, kind=int, low=1)
     ray_address: str | None = option(None, kind=str)
     ray_num_cpus: int | None = option(None, kind=int, low=1)
+    # embedder and classifier in one actor when they share a device (fewer actors, one transfer less)
+    fuse_scoring: bool = option(True, kind=bool)
 
 
 @dataclass(frozen=True)
