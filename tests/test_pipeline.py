@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from vbugs_ray.audit import audit, find_slices, generate_rows
 from vbugs_ray.grid import build_grid
-from vbugs_ray.pipeline import ClassifyStage, EmbedStage, GenerateStage, ScoreStage, ray_stages, scoring_fused
+from vbugs_ray.pipeline import (ClassifyStage, EmbedStage, GenerateStage, ScoreStage, _Execution, ray_stages,
+                                scoring_fused)
 from vbugs_ray.spec import parse_spec
 from vbugs_ray.errors import RunStoreError
 from vbugs_ray.store import RunStore, ShardWriter, rows_table
@@ -71,8 +73,34 @@ def test_embedder_and_classifier_share_an_actor_when_placed_alike(spec_dict):
     assert [s[0] for s in ray_stages(parse_spec(spec_dict))] == [GenerateStage, EmbedStage, ClassifyStage]
     spec_dict["classifier"]["num_gpus"] = 0.25
     assert ray_stages(parse_spec(spec_dict))[1][4] == 0.75
+    spec_dict["embedder"]["num_gpus"] = spec_dict["classifier"]["num_gpus"] = 1  # 2 GPUs an actor: apart
+    assert not scoring_fused(parse_spec(spec_dict))
+    spec_dict["embedder"]["num_gpus"] = spec_dict["classifier"]["num_gpus"] = 0
+    spec_dict["classifier"]["concurrency"] = 2  # pools of different sizes: apart
+    assert not scoring_fused(parse_spec(spec_dict))
+    spec_dict["classifier"]["concurrency"] = 1
     spec_dict["run"]["fuse_scoring"] = False
     assert not scoring_fused(parse_spec(spec_dict))
+
+
+def test_the_driver_publishes_a_whole_shard_no_writer_published(spec_dict, tmp_path, monkeypatch):
+    """On a shared file system a writer may not list the others' files: the shard's rows are all
+    staged but nobody published it. The execution's end publishes it and reports it once; a
+    shard with rows missing is a one-line error."""
+    spec = _small_spec(spec_dict, budget=30, shard_rows=10, executor="local")
+    rows = pa.table({"row_id": np.arange(100, 130, dtype=np.int64), "x": np.arange(30)})  # ids as in a round
+    store = RunStore(tmp_path)
+    monkeypatch.setattr(ShardWriter, "publish_if_whole", lambda self, shard: False)
+    reported = []
+    execution = _Execution(spec, rows, store, [(0, 0, 10), (1, 10, 20), (2, 20, 30)],
+                           lambda shard, n: reported.append((shard, n)))
+    writer = ShardWriter(**execution.writer)
+    writer.write(rows.slice(0, 25))  # shards 0 and 1 whole, shard 2 half
+    monkeypatch.undo()
+    with pytest.raises(RunStoreError, match=r"shards \[2\] .* incomplete"):
+        execution.finish()
+    assert reported == [(0, 10), (1, 10)] and store.done_shards() == {0, 1}
+    assert pq.read_table(store.shard_dir(1)).column("row_id").to_pylist() == list(range(110, 120))
 
 
 @pytest.mark.ray
@@ -88,7 +116,7 @@ def test_end_to_end_on_ray_is_resumable(spec_dict, ray_session, tmp_path):
     assert rows.num_rows == 480 and store.done_shards() == {0, 1, 2}
     # one streaming execution over the three shards: each stage's one actor loaded its model once
     assert json.loads((run_dir / "loads.json").read_text()) == {"generator": 1, "embedder": 1, "classifier": 1}
-    assert not any(run_dir.glob("rows/.staging-*")) and not any((run_dir / ".loads").iterdir())
+    assert not any(run_dir.glob("rows/.staging-*")) and not (run_dir / ".loads").exists()
     assert rows.column("row_id").to_pylist() == list(range(480))
     for column in ("class", "background", "lighting", "colour", "prompt", "seed", "pred", "p_true", "loss",
                    "top5", "error", "embedding", "image_png"):
@@ -151,7 +179,7 @@ def test_an_interrupt_in_the_middle_of_a_shard_resumes_to_the_same_rows(spec_dic
     with pytest.raises(KeyboardInterrupt):
         generate_rows(spec, tmp_path / "cut", progress=lambda _: None)
     store = RunStore(tmp_path / "cut")
-    assert store.done_shards() == {0}
+    assert store.done_shards() == {0} and not (tmp_path / "cut" / ".loads").exists()
     assert [p.name for p in store.staging_dir(1).glob("part-*.parquet")] == ["part-000000000120-50.parquet"]
     monkeypatch.setattr(ShardWriter, "write", write)
     messages = []

@@ -12,6 +12,7 @@ loads its model once for the whole run and the pipeline never drains between sha
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from pathlib import Path
@@ -36,13 +37,14 @@ def record_load(load_log: str | None, role: str) -> None:
         Path(load_log, f"{role}-{uuid.uuid4().hex}").touch()
 
 
-def limit_threads(role_spec: RoleSpec) -> None:
-    """Inside a Ray actor, use as many torch threads as CPUs reserved (at least one)."""
+def limit_threads(role_spec: RoleSpec, num_cpus: float | None = None) -> None:
+    """Inside a Ray actor, use as many torch threads as CPUs reserved (``num_cpus``, else the
+    role's; at least one)."""
     import ray
     import torch
 
     if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
-        torch.set_num_threads(max(1, int(round(role_spec.num_cpus))))
+        torch.set_num_threads(max(1, int(round(role_spec.num_cpus if num_cpus is None else num_cpus))))
 
 
 class GenerateStage:
@@ -146,6 +148,7 @@ class ScoreStage:
     def __init__(self, spec: AuditSpec, load_log: str | None = None):
         self.embed, self.classify = EmbedStage(spec, load_log), ClassifyStage(spec, load_log)
         self.classify_batch = spec.classifier.batch_size
+        limit_threads(spec.embedder, spec.embedder.num_cpus + spec.classifier.num_cpus)  # the actor's CPUs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.embed(batch)
@@ -155,10 +158,13 @@ class ScoreStage:
 
 
 def scoring_fused(spec: AuditSpec) -> bool:
-    """Embedder and classifier in one actor: asked for (``run.fuse_scoring``) and placed alike
-    (the same device setting, and both or neither on a GPU)."""
+    """Embedder and classifier in one actor: asked for (``run.fuse_scoring``) and placed alike:
+    the same device setting and number of actors, both or neither on a GPU, and together at most
+    one GPU per actor (an actor asking for more could fit no single-GPU node, where the two
+    apart would)."""
     emb, cls = spec.embedder, spec.classifier
-    return spec.run.fuse_scoring and emb.device == cls.device and (emb.num_gpus > 0) == (cls.num_gpus > 0)
+    return (spec.run.fuse_scoring and emb.device == cls.device and emb.concurrency == cls.concurrency
+            and (emb.num_gpus > 0) == (cls.num_gpus > 0) and emb.num_gpus + cls.num_gpus <= 1)
 
 
 def ray_stages(spec: AuditSpec) -> list[tuple[type, int, int, float, float]]:
@@ -167,8 +173,8 @@ def ray_stages(spec: AuditSpec) -> list[tuple[type, int, int, float, float]]:
     gen, emb, cls = spec.generator, spec.embedder, spec.classifier
     out = [(GenerateStage, gen.batch_size, gen.concurrency, gen.num_cpus, gen.num_gpus)]
     if scoring_fused(spec):
-        out.append((ScoreStage, emb.batch_size, max(emb.concurrency, cls.concurrency),
-                    emb.num_cpus + cls.num_cpus, emb.num_gpus + cls.num_gpus))
+        out.append((ScoreStage, emb.batch_size, emb.concurrency, emb.num_cpus + cls.num_cpus,
+                    emb.num_gpus + cls.num_gpus))
     else:
         out += [(EmbedStage, emb.batch_size, emb.concurrency, emb.num_cpus, emb.num_gpus),
                 (ClassifyStage, cls.batch_size, cls.concurrency, cls.num_cpus, cls.num_gpus)]
@@ -184,10 +190,12 @@ Published = Callable[[int, int], None]  # (shard index, rows) when a shard becom
 
 class _Execution:
     """What one execution over a run store shares: the pending shards' staging folders (left-overs
-    of an interrupted attempt removed), the shard writer's arguments and a folder counting loads."""
+    of an interrupted attempt removed), the shard writer's arguments, a folder counting model
+    loads (removed when the execution ends, however it ends) and which shards were reported."""
 
-    def __init__(self, spec: AuditSpec, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]]):
-        self.store = store
+    def __init__(self, spec: AuditSpec, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]],
+                 published: Published):
+        self.store, self.published = store, published
         self.sizes = {index: stop - start for index, start, stop in shards}
         for index in self.sizes:
             store.begin_shard(index)
@@ -195,19 +203,41 @@ class _Execution:
                        "shard_rows": spec.run.shard_rows, "sizes": self.sizes}
         self.load_log = store.root.resolve() / ".loads" / uuid.uuid4().hex
         self.load_log.mkdir(parents=True)
+        self.reported: set[int] = set()
 
-    def loads(self) -> dict[str, int]:
-        counts = {role: 0 for role, _ in STAGES}
-        for path in self.load_log.iterdir():
-            counts[path.name.split("-")[0]] += 1
+    def __enter__(self) -> "_Execution":
+        return self
+
+    def __exit__(self, *exc) -> None:
         shutil.rmtree(self.load_log, ignore_errors=True)
-        return counts
+        with contextlib.suppress(OSError):
+            self.load_log.parent.rmdir()  # only when no other execution is counting in it
 
-    def check_published(self) -> None:
-        missing = sorted(i for i in self.sizes if not self.store.shard_dir(i).exists())
+    def report(self, out: dict[str, np.ndarray]) -> None:
+        """Tell the caller of each shard a write task published."""
+        for shard, done in zip(out["shard"], out["published"]):
+            if done and int(shard) not in self.reported:
+                self.reported.add(int(shard))
+                self.published(int(shard), self.sizes[int(shard)])
+
+    def finish(self) -> dict[str, int]:
+        """Publish from the driver any whole shard no writer published (on a shared file system a
+        writer may not yet list the other writers' files), report the ones no message announced
+        (a writer that published and died before returning), fail on an incomplete one; then the
+        model loads per role."""
+        writer = ShardWriter(**self.writer)
+        for shard in sorted(set(self.sizes) - self.reported):
+            if self.store.shard_dir(shard).exists() or writer.publish_if_whole(shard):
+                self.reported.add(shard)
+                self.published(shard, self.sizes[shard])
+        missing = sorted(set(self.sizes) - self.reported)
         if missing:
             raise RunStoreError(f"the execution ended with shards {missing[:5]} of {self.store.rows_dir} incomplete; "
                                 f"re-run the same command to write them")
+        counts = {role: 0 for role, _ in STAGES}
+        for path in self.load_log.iterdir():
+            counts[path.name.split("-")[0]] += 1
+        return counts
 
 
 def write_rows(batch: dict[str, np.ndarray], writer: dict) -> dict[str, np.ndarray]:
@@ -228,24 +258,20 @@ class LocalExecutor:
     def run(self, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]],
             published: Published = lambda *_: None) -> dict[str, int]:
         """Write the pending ``shards`` of ``rows``; returns the model loads per role."""
-        execution = _Execution(self.spec, rows, store, shards)
-        if self.stages is None:
-            self.stages = [(getattr(self.spec, role).batch_size, cls(self.spec, str(execution.load_log)))
-                           for role, cls in STAGES]
-        for index, start, stop in shards:
-            part = rows.slice(start, stop - start)
-            batch = {name: part.column(name).to_numpy(zero_copy_only=False) for name in part.column_names}
-            for size, stage in self.stages:
-                n = len(batch["row_id"])
-                batch = _concat([stage({k: v[i:i + size] for k, v in batch.items()}) for i in range(0, n, size)])
-            size = self.spec.classifier.batch_size  # written as the Ray executor writes: a file per batch
-            for i in range(0, len(batch["row_id"]), size):
-                out = write_rows({k: v[i:i + size] for k, v in batch.items()}, execution.writer)
-                for shard, done in zip(out["shard"], out["published"]):
-                    if done:
-                        published(int(shard), execution.sizes[int(shard)])
-        execution.check_published()
-        return execution.loads()
+        with _Execution(self.spec, rows, store, shards, published) as execution:
+            if self.stages is None:
+                self.stages = [(getattr(self.spec, role).batch_size, cls(self.spec, str(execution.load_log)))
+                               for role, cls in STAGES]
+            for index, start, stop in shards:
+                part = rows.slice(start, stop - start)
+                batch = {name: part.column(name).to_numpy(zero_copy_only=False) for name in part.column_names}
+                for size, stage in self.stages:
+                    n = len(batch["row_id"])
+                    batch = _concat([stage({k: v[i:i + size] for k, v in batch.items()}) for i in range(0, n, size)])
+                size = self.spec.classifier.batch_size  # written as the Ray executor writes: a file per batch
+                for i in range(0, len(batch["row_id"]), size):
+                    execution.report(write_rows({k: v[i:i + size] for k, v in batch.items()}, execution.writer))
+            return execution.finish()
 
     def close(self) -> None:
         """Drop the models and give their accelerator memory back (Ray actors free theirs on exit)."""
@@ -280,28 +306,25 @@ class RayExecutor:
         import ray
 
         spec = self.spec
-        execution = _Execution(spec, rows, store, shards)
-        pending = pa.concat_tables([rows.slice(start, stop - start) for _, start, stop in shards])
-        first = spec.generator.batch_size
-        ds = ray.data.from_arrow([pending.slice(i, first) for i in range(0, pending.num_rows, first)])
-        for stage, batch_size, actors, num_cpus, num_gpus in ray_stages(spec):
-            ds = ds.map_batches(
-                stage,
-                fn_constructor_kwargs={"spec": spec, "load_log": str(execution.load_log)},
-                batch_size=batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                num_cpus=num_cpus,
-                num_gpus=num_gpus or None,
-            )
-        ds = ds.map_batches(write_rows, fn_kwargs={"writer": execution.writer}, batch_format="numpy",
-                            batch_size=spec.classifier.batch_size, num_cpus=0.25)
-        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for shard, done in zip(out["shard"], out["published"]):
-                if done:
-                    published(int(shard), execution.sizes[int(shard)])
-        execution.check_published()
-        return execution.loads()
+        with _Execution(spec, rows, store, shards, published) as execution:
+            pending = pa.concat_tables([rows.slice(start, stop - start) for _, start, stop in shards])
+            first = spec.generator.batch_size
+            ds = ray.data.from_arrow([pending.slice(i, first) for i in range(0, pending.num_rows, first)])
+            for stage, batch_size, actors, num_cpus, num_gpus in ray_stages(spec):
+                ds = ds.map_batches(
+                    stage,
+                    fn_constructor_kwargs={"spec": spec, "load_log": str(execution.load_log)},
+                    batch_size=batch_size,
+                    batch_format="numpy",
+                    compute=ray.data.ActorPoolStrategy(size=actors),
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus or None,
+                )
+            ds = ds.map_batches(write_rows, fn_kwargs={"writer": execution.writer}, batch_format="numpy",
+                                batch_size=spec.classifier.batch_size, num_cpus=0.25)
+            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                execution.report(out)
+            return execution.finish()
 
     def close(self) -> None:
         pass

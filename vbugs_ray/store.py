@@ -181,10 +181,11 @@ class ShardWriter:
             except FileNotFoundError:  # published meanwhile by a writer of the same rows
                 out.append((shard, 0, False))
                 continue
-            out.append((shard, part.num_rows, self._publish_if_whole(shard)))
+            out.append((shard, part.num_rows, self.publish_if_whole(shard)))
         return out
 
-    def _publish_if_whole(self, shard: int) -> bool:
+    def publish_if_whole(self, shard: int) -> bool:
+        """Publish the shard if its staging folder holds all its rows; True if this call did."""
         staging = self.store.staging_dir(shard)
         try:
             held = sum(int(p.stem.rsplit("-", 1)[1]) for p in staging.glob("part-*.parquet"))
