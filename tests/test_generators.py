@@ -81,3 +81,17 @@ def test_memory_flags_and_scheduler_choice_still_generate(tiny_spec_dict):
     assert gen.pipe.vae.use_tiling
     images = gen.generate(["a photo of a cat on grass", "a photo of a dog at night"], np.array([1, 2]))
     assert images.shape == (2, 48, 48, 3)
+
+
+def test_channels_last_and_the_uint8_output_match_the_pipeline(tiny_spec_dict):
+    """The generator turns the decoded batch into uint8 on the device; the pixels are the
+    pipeline's own numpy output, scaled and rounded; channels-last changes the layout, not them."""
+    gen = _generator(tiny_spec_dict)
+    prompts, seeds = ["a photo of a cat on grass", "a photo of a dog at night"], np.array([5, 6])
+    images = gen.generate(prompts, seeds)
+    reference = gen.pipe(prompt=prompts, generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+                         output_type="np", **gen.call_kwargs).images
+    np.testing.assert_array_equal(images, (np.clip(reference, 0, 1) * 255).round().astype(np.uint8))
+    fast = _generator(tiny_spec_dict, channels_last=True)
+    assert fast.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.abs(fast.generate(prompts, seeds).astype(int) - images).max() <= 1

@@ -83,6 +83,7 @@ class DiffusersGenerator:
         width: int | None = option(None, kind=int, low=8, multiple=8)
         negative_prompt: str | None = option(None, kind=str)
         compile: bool = option(False, kind=bool)
+        channels_last: bool = option(False, kind=bool, doc="UNet and VAE in channels-last memory format")
         attention_slicing: bool = option(False, kind=bool)
         vae_tiling: bool = option(False, kind=bool)
         tokens: dict = option({}, parse=_tokens)
@@ -123,6 +124,10 @@ class DiffusersGenerator:
             pipe.enable_attention_slicing()
         if options.vae_tiling:
             pipe.vae.enable_tiling()
+        if options.channels_last:  # faster convolutions on tensor cores
+            for name in ("unet", "vae"):
+                if getattr(pipe, name, None) is not None:
+                    getattr(pipe, name).to(memory_format=torch.channels_last)
         if options.compile:
             for name in ("unet", "transformer"):
                 if getattr(pipe, name, None) is not None:
@@ -133,10 +138,12 @@ class DiffusersGenerator:
         self.negative_prompt = options.negative_prompt
 
     def generate(self, prompts: list[str], seeds: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8, one pipeline call for the whole batch."""
+        """(N, H, W, 3) uint8, one pipeline call for the whole batch. The decoded batch becomes
+        uint8 on the device: a quarter of float32's bytes cross to the host."""
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         negative = [self.negative_prompt] * len(prompts) if self.negative_prompt else None
         with torch.inference_mode():
             out = self.pipe(prompt=list(prompts), negative_prompt=negative, generator=generators,
-                            output_type="np", **self.call_kwargs)
-        return (np.clip(out.images, 0.0, 1.0) * 255).round().astype(np.uint8)
+                            output_type="pt", **self.call_kwargs)
+            images = (out.images.float().clamp(0.0, 1.0) * 255).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
