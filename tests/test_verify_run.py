@@ -4,7 +4,6 @@ the shuffled-label control (a classifier blind to the images verifies nothing be
 import json
 import shutil
 
-import numpy as np
 import pyarrow.dataset as pads
 import pytest
 from scipy.stats import binom

@@ -17,7 +17,6 @@ import json
 import time
 from typing import Callable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -48,6 +47,13 @@ def _interleave(by_source: dict[str, list[Hypothesis]]) -> list[Hypothesis]:
     """One queue: the sources' first hypotheses, then their second ones..., one test per key."""
     flat = [h for kind in SOURCES for h in by_source.get(kind, [])]
     return deduplicate(flat)
+
+
+def _save_plan(folder, table: pa.Table, info: dict) -> None:
+    """A round's fresh rows (plan.parquet) and what they test (plan.json), each written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "plan.parquet", lambda tmp: pq.write_table(table, tmp))
+    atomic_write_json(folder / "plan.json", {**info, "rows": table.num_rows})
 
 
 class Verification:
@@ -103,19 +109,16 @@ class Verification:
         have_base = {name[len(BASE):] for name in self.arms if name.startswith(BASE)}
         base = sorted({h.class_name for h in tests} - have_base, key=self.spec.classes.index)
         table = plan_round(self.spec, tests, base, self.settings.images_per_hypothesis, first_row_id, used, index)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(rows_path, lambda tmp: pq.write_table(table, tmp))
-        atomic_write_json(plan_path, {"tests": [h.state() for h in tests], "base_classes": base,
-                                      "rows": table.num_rows})
+        _save_plan(folder, table, {"tests": [h.state() for h in tests], "base_classes": base})
         return tests, table
 
-    def _generate(self, folder: str, table: pa.Table, executor, progress: Progress) -> pa.Table:
+    def _generate(self, folder: str, table: pa.Table, executor, progress: Progress) -> dict:
+        """The folder's rows (generated first where missing), as the columns ``arms_of`` reads."""
         rounds = RunStore(self.root / folder)
         shards = plan_shards(table.num_rows, self.spec.run.shard_rows)
         done = rounds.done_shards()
         pending = [s for s in shards if s[0] not in done]
         if pending:
-            rounds.rows_dir.mkdir(parents=True, exist_ok=True)
             executor().run(table, rounds, pending, lambda shard, rows: progress(
                 f"verify {folder.replace('-', ' ')}: shard {shard + 1}/{len(shards)} written ({rows} rows)"))
         rows = rounds.read(columns=["row_id", "hypothesis", "pred", "valid", "error"])
@@ -137,9 +140,7 @@ class Verification:
         else:
             base = sorted({h.class_name for h in tests}, key=self.spec.classes.index)
             table = plan_round(self.spec, tests, base, self.settings.images_per_hypothesis, next_row, used, index)
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(folder / "plan.parquet", lambda tmp: pq.write_table(table, tmp))
-            atomic_write_json(folder / "plan.json", {"bugs": [b["hypothesis"] for b in bugs], "rows": table.num_rows})
+            _save_plan(folder, table, {"bugs": [b["hypothesis"] for b in bugs]})
         verdicts = judge_round(tests, arms_of(self._generate("replication", table, executor, progress)),
                                self.settings.alpha, index)
         for bug, h in zip(bugs, tests):
