@@ -53,7 +53,8 @@ class DiagnosisEnsemble:
             return Ridge(alpha=self.alpha)
         # a higher learning rate and a shorter patience than scikit-learn's defaults: the same
         # held-out Spearman and phrase ranks on the toy world's bugs, at less than half the time
-        return MLPRegressor(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, batch_size=min(256, rows),
+        # batches no larger than the rows left after early stopping's 10% validation split
+        return MLPRegressor(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, batch_size=max(1, min(256, int(rows * 0.9))),
                             learning_rate_init=3e-3, early_stopping=True, n_iter_no_change=5, max_iter=200,
                             random_state=self.seed * 1000 + index)
 
