@@ -17,11 +17,9 @@ import pyarrow.dataset as pads
 
 from vbugs_ray.atomic import atomic_write_json
 from vbugs_ray.discover import failure_directions, failure_groups
-from vbugs_ray.discover.diagnosis import DiagnosisEnsemble, fit_per_class
+from vbugs_ray.discover.diagnosis import fit_finite, fit_per_class
 from vbugs_ray.errors import TableError
 from vbugs_ray.slices.parquet import parquet_files
-
-MIN_CLASS_ROWS = 40
 
 
 def _embeddings(column: pa.ChunkedArray, name: str) -> np.ndarray:
@@ -108,9 +106,8 @@ def discover_table(path: str, embedding_col: str = "embedding", error_col: str =
     diagnosis = None
     if "losses" in data:
         t = time.time()
-        finite = np.isfinite(data["losses"])
-        ensemble = DiagnosisEnsemble(seed=seed).fit(x[finite], data["losses"][finite])
-        per_class = fit_per_class(x, data["losses"], cls, MIN_CLASS_ROWS, seed)
+        ensemble = fit_finite(x, data["losses"], seed)
+        per_class = fit_per_class(x, data["losses"], cls, seed=seed)
         diagnosis = {**ensemble.summary(), "by_class": {c: m.summary() for c, m in per_class.items()}}
         seconds["diagnosis"] = time.time() - t
     report = {

@@ -124,7 +124,17 @@ def rank_phrases(ensemble: DiagnosisEnsemble, phrases: list[str], text_embedding
     return [{"phrase": phrases[i], "predicted_loss": float(loss[i]), "spread": float(spread[i])} for i in order]
 
 
-def fit_per_class(embeddings: np.ndarray, losses: np.ndarray, classes: np.ndarray, min_rows: int = 40,
+MIN_CLASS_ROWS = 40  # rows with a finite loss a class needs for an ensemble of its own
+
+
+def fit_finite(embeddings: np.ndarray, losses: np.ndarray, seed: int = 0, **options) -> DiagnosisEnsemble:
+    """One ensemble over the rows whose loss is finite (rows the filter rejected have NaN)."""
+    losses = np.asarray(losses, dtype=np.float64)
+    finite = np.isfinite(losses)
+    return DiagnosisEnsemble(seed=seed, **options).fit(np.asarray(embeddings)[finite], losses[finite])
+
+
+def fit_per_class(embeddings: np.ndarray, losses: np.ndarray, classes: np.ndarray, min_rows: int = MIN_CLASS_ROWS,
                   seed: int = 0, **options) -> dict[str, DiagnosisEnsemble]:
     """One ensemble per class over the class's rows with a finite loss (classes with fewer than
     ``min_rows`` such rows get none): a bug is one class's failure, and one ensemble over every

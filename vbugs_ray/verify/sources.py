@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vbugs_ray.caption import caption_sets, sample_size
-from vbugs_ray.discover.diagnosis import DiagnosisEnsemble, fit_per_class
+from vbugs_ray.discover.diagnosis import DiagnosisEnsemble, fit_finite, fit_per_class
 from vbugs_ray.discover.directions import failure_directions
 from vbugs_ray.discover.groups import failure_groups
 from vbugs_ray.roles.vocabulary import axis_of_phrase, candidate_phrases
@@ -184,9 +184,6 @@ def text_queries(spec: AuditSpec, embedder: Any, class_name: str, phrases: list[
     return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
 
-MIN_CLASS_ROWS = 40  # rows a class needs for an ensemble of its own
-
-
 def diagnose_vocabulary(rows: RunRows, spec: AuditSpec, embedder: Any, seed: int
                         ) -> tuple[DiagnosisEnsemble, list[dict], dict[tuple[str, str], np.ndarray], dict]:
     """Fit the diagnosis ensemble on (image embedding -> loss) over the run, and one per class on
@@ -194,10 +191,9 @@ def diagnose_vocabulary(rows: RunRows, spec: AuditSpec, embedder: Any, seed: int
     classes are hard. Each class's ensemble ranks every phrase by the predicted loss it adds to
     the class alone. Returns the run's ensemble, the ranking (highest lift first), each (class,
     phrase) text embedding, and each class ensemble's summary."""
-    finite = np.isfinite(rows.losses)
-    ensemble = DiagnosisEnsemble(seed=seed).fit(rows.embeddings[finite], rows.losses[finite])
+    ensemble = fit_finite(rows.embeddings, rows.losses, seed)
     phrases = candidate_phrases(spec, with_classes=False)
-    models = fit_per_class(rows.embeddings, rows.losses, rows.classes, MIN_CLASS_ROWS, seed)
+    models = fit_per_class(rows.embeddings, rows.losses, rows.classes, seed=seed)
     ranking, texts, by_class = [], {}, {}
     for class_name in [c for c in spec.classes if c in models]:
         model = models[class_name]
@@ -275,8 +271,7 @@ def diagnose_phrases(store: RunStore, spec: AuditSpec, phrases: list[str], progr
     from vbugs_ray.roles import registry
 
     rows = RunRows.load(store, spec)
-    finite = np.isfinite(rows.losses)
-    ensemble = DiagnosisEnsemble(seed=spec.seed).fit(rows.embeddings[finite], rows.losses[finite])
+    ensemble = fit_finite(rows.embeddings, rows.losses, spec.seed)
     progress(f"diagnosis ensemble on {ensemble.n_train} rows: held-out R^2 {ensemble.r2:.3f}, "
              f"Spearman {ensemble.spearman:.3f} ({ensemble.n_test} rows)")
     registry.prepare("embedder", spec.embedder, spec, progress)
@@ -285,6 +280,6 @@ def diagnose_phrases(store: RunStore, spec: AuditSpec, phrases: list[str], progr
     mean, spread = ensemble.score_texts(np.asarray(embedder.embed_texts(reference), np.float64))
     pick = [reference.index(p) for p in phrases]
     mean, spread = mean[pick], spread[pick]
-    return {"run_mean_loss": float(rows.losses[finite].mean()), "diagnosis": ensemble.summary(),
+    return {"run_mean_loss": float(np.nanmean(rows.losses)), "diagnosis": ensemble.summary(),
             "phrases": [{"phrase": p, "predicted_loss": float(m), "spread": float(s)}
                         for p, m, s in zip(phrases, mean, spread)]}
