@@ -141,6 +141,17 @@ STAGES: tuple[tuple[str, type], ...] = (
 )
 
 
+def _chunks(batch: dict[str, np.ndarray], size: int):
+    for i in range(0, len(batch["row_id"]), size):
+        yield {k: v[i:i + size] for k, v in batch.items()}
+
+
+def _in_chunks(stage, batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """``stage`` over ``batch`` in chunks of ``size`` rows, the outputs concatenated."""
+    outs = [stage(chunk) for chunk in _chunks(batch, size)]
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
 class ScoreStage:
     """Embed + filter, then classify, in one actor: one actor to start and one hand-over between
     processes less, when the embedder and the classifier share a device (``scoring_fused``)."""
@@ -151,10 +162,7 @@ class ScoreStage:
         limit_threads(spec.embedder, spec.embedder.num_cpus + spec.classifier.num_cpus)  # the actor's CPUs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.embed(batch)
-        size = self.classify_batch
-        return _concat([self.classify({k: v[i:i + size] for k, v in out.items()})
-                        for i in range(0, len(out["row_id"]), size)])
+        return _in_chunks(self.classify, self.embed(batch), self.classify_batch)
 
 
 def scoring_fused(spec: AuditSpec) -> bool:
@@ -181,8 +189,6 @@ def ray_stages(spec: AuditSpec) -> list[tuple[type, int, int, float, float]]:
     return out
 
 
-def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
 Published = Callable[[int, int], None]  # (shard index, rows) when a shard becomes visible
@@ -243,8 +249,7 @@ class _Execution:
 def write_rows(batch: dict[str, np.ndarray], writer: dict) -> dict[str, np.ndarray]:
     """The last step of an execution: the batch as run-store rows, into their shards."""
     written = ShardWriter(**writer).write(rows_table(batch))
-    return {"shard": np.asarray([w[0] for w in written], np.int64), "rows": np.asarray([w[1] for w in written], np.int64),
-            "published": np.asarray([w[2] for w in written], bool)}
+    return {"shard": np.asarray([w[0] for w in written], np.int64), "published": np.asarray([w[2] for w in written], bool)}
 
 
 class LocalExecutor:
@@ -266,11 +271,10 @@ class LocalExecutor:
                 part = rows.slice(start, stop - start)
                 batch = {name: part.column(name).to_numpy(zero_copy_only=False) for name in part.column_names}
                 for size, stage in self.stages:
-                    n = len(batch["row_id"])
-                    batch = _concat([stage({k: v[i:i + size] for k, v in batch.items()}) for i in range(0, n, size)])
-                size = self.spec.classifier.batch_size  # written as the Ray executor writes: a file per batch
-                for i in range(0, len(batch["row_id"]), size):
-                    execution.report(write_rows({k: v[i:i + size] for k, v in batch.items()}, execution.writer))
+                    batch = _in_chunks(stage, batch, size)
+                # written as the Ray executor writes: a file per classifier batch
+                for chunk in _chunks(batch, self.spec.classifier.batch_size):
+                    execution.report(write_rows(chunk, execution.writer))
             return execution.finish()
 
     def close(self) -> None:
