@@ -57,4 +57,21 @@ def format_bugs(report: dict, top: int = 10) -> str:
         others = [e["description"] for e in bug["evidence"] if e["hypothesis"] != bug["hypothesis"]]
         if others:
             lines.append(f"{'':>5}also: {'; '.join(others[:4])}{' ...' if len(others) > 4 else ''}")
+        spread = _widest_open_axis(bug.get("by_open_axis", {}))
+        if spread:
+            lines.append(f"{'':>5}{spread}")
     return "\n".join(lines)
+
+
+def _widest_open_axis(by_axis: dict, min_images: int = 10) -> str:
+    """'by background: grass 0/31 · sand 17/36 ...' for the open axis whose error rates (values
+    with at least ``min_images`` images) spread the most: the first place to look for the cause."""
+    best, best_spread = None, 0.0
+    for axis, counts in by_axis.items():
+        rates = [e / n for e, n in counts.values() if n >= min_images]
+        if len(rates) > 1 and max(rates) - min(rates) > best_spread:
+            best, best_spread = axis, max(rates) - min(rates)
+    if best is None:
+        return ""
+    ordered = sorted(by_axis[best].items(), key=lambda kv: kv[1][0] / max(kv[1][1], 1))
+    return f"by {best}: " + " · ".join(f"{v} {e}/{n}" for v, (e, n) in ordered)

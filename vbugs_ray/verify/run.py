@@ -34,7 +34,7 @@ from vbugs_ray.verify.sources import SOURCES, discover
 from vbugs_ray.verify.verdicts import Verdict, arms_of, judge_round, merge_bugs, part_needed
 
 Progress = Callable[[str], None]
-VERSION = 2  # of the verification procedure (2: per-class MLP diagnosis ensembles): part of the folder key
+VERSION = 3  # of the verification procedure (2: per-class MLP diagnosis ensembles; 3: merging checks fresh rows): part of the folder key
 
 
 def verify_key(spec: AuditSpec) -> str:
@@ -121,8 +121,10 @@ class Verification:
         if pending:
             executor().run(table, rounds, pending, lambda shard, rows: progress(
                 f"verify {folder.replace('-', ' ')}: shard {shard + 1}/{len(shards)} written ({rows} rows)"))
-        rows = rounds.read(columns=["row_id", "hypothesis", "pred", "valid", "error"])
-        return {"row_id": rows.column("row_id").to_numpy(),
+        axes = self.spec.axis_names
+        rows = rounds.read(columns=["row_id", "hypothesis", "pred", "valid", "error", *axes])
+        return {**{axis: rows.column(axis).to_numpy(zero_copy_only=False).astype(str) for axis in axes},
+                "row_id": rows.column("row_id").to_numpy(),
                 "hypothesis": rows.column("hypothesis").to_numpy(zero_copy_only=False).astype(str),
                 "pred": rows.column("pred").to_numpy(zero_copy_only=False).astype(str),
                 "valid": rows.column("valid").to_numpy(zero_copy_only=False).astype(bool),
@@ -184,7 +186,7 @@ class Verification:
                     columns = self._generate(f"round-{index}", table, executor, progress)
                     generated += table.num_rows
                     rounds_run = index
-                    self.arms.update(arms_of(columns))
+                    self.arms.update(arms_of(columns, tuple(self.spec.axis_names)))
                     for h in tests:
                         self.hypotheses[h.key] = h
                     verdicts = judge_round(tests, self.arms, alpha, index)
@@ -192,7 +194,7 @@ class Verification:
                     progress(f"verify round {index}: {sum(v.verified for v in verdicts.values())} of {len(tests)} "
                              f"hypotheses verified at BH level {alpha:g} ({table.num_rows} images, "
                              f"{time.time() - t0:.0f}s)")
-                bugs = merge_bugs(self.spec, self.hypotheses, self.verdicts, alpha)
+                bugs = merge_bugs(self.spec, self.hypotheses, self.verdicts, self.arms, alpha)
                 if self.settings.replicate and bugs:
                     generated += self._replicate(bugs, next_row, used, executor, progress)
             finally:

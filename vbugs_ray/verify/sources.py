@@ -1,7 +1,9 @@
-"""Hypotheses from the run store, from four sources, each a description plus the failures it covers:
+"""Hypotheses from the run store, from five sources, each a description plus the failures it covers:
 
 - ``slice``: the flagged slices (a slice that names axis values is its own description; a slice
   that names only a class is described by captioning its failures against the class's successes);
+- ``class_slice``: slices searched within each class against the rest of that class, so that a
+  failure of an easy class is not hidden by the run's harder classes;
 - ``cluster``: error-aware failure groups in CLIP space, per class (discover.groups);
 - ``direction``: the class's rows furthest along its failure direction (discover.directions);
 - ``diagnosis``: the vocabulary's phrases that the diagnosis ensemble predicts raise the class's
@@ -24,12 +26,14 @@ from vbugs_ray.discover.diagnosis import DiagnosisEnsemble, fit_finite, fit_per_
 from vbugs_ray.discover.directions import failure_directions
 from vbugs_ray.discover.groups import failure_groups
 from vbugs_ray.roles.vocabulary import axis_of_phrase, candidate_phrases
+from vbugs_ray.slices.search import search_slices
 from vbugs_ray.spec import AuditSpec
 from vbugs_ray.store import RunStore
 from vbugs_ray.verify.hypotheses import Hypothesis, draw_prompts, split_phrases
 
 Progress = Callable[[str], None]
-SOURCES = ("slice", "cluster", "direction", "diagnosis")
+SOURCES = ("slice", "class_slice", "cluster", "direction", "diagnosis")
+CLASS_SLICES = 3  # per class, best first
 MIN_AUC = 0.6  # a failure direction weaker than this describes noise
 PROMPTS_PER_PHRASE = 16  # prompt ensemble per (class, phrase) text query
 
@@ -133,6 +137,38 @@ def from_slices(flagged: list[dict], rows: RunRows, spec: AuditSpec, describer: 
             out.append(h)
         else:
             describer.add(h, np.nonzero(mask & rows.errors)[0])
+    return out
+
+
+def from_class_slices(rows: RunRows, spec: AuditSpec, per_class: int = CLASS_SLICES) -> list[Hypothesis]:
+    """Each class's own slice search over the axes (the spec's search settings: null, the slice
+    of the class fails no more often than the rest of the class; BH over the class's lattice),
+    which is the verification's question. The run-wide search compares a slice with every other
+    image, so a class that fails less than the run's average hides its slices there. The best
+    ``per_class`` slices of each class that no stronger slice explains, taken round-robin over
+    the classes (each class's first, then each class's second...), so every class is heard."""
+    by_class: list[list[tuple[float, Hypothesis]]] = []
+    for class_name in spec.classes:
+        in_class = rows.classes == class_name
+        if rows.errors[in_class].sum() < spec.verify.min_errors:
+            continue
+        result = search_slices({a: rows.features[a][in_class] for a in spec.axis_names}, rows.errors[in_class],
+                               spec.search)
+        found = []
+        for item in [f for f in result.flagged if f["explained_by"] is None][:per_class]:
+            mask = in_class.copy()
+            for axis, value in item["predicates"].items():
+                mask &= rows.features[axis] == value
+            source = {"kind": "class_slice", "predicates": item["predicates"], "n": item["n"],
+                      "error_rate": item["error_rate"], "rest_of_class": item["complement_error_rate"],
+                      "q_value": item["q_value"]}
+            preds = tuple(sorted(item["predicates"].items(), key=lambda p: spec.axis_names.index(p[0])))
+            found.append((item["p_value"], Hypothesis(class_name, preds, sources=(source,),
+                                                      failing_rows=_failing(rows, mask))))
+        by_class.append(found)
+    out = []
+    for rank in range(per_class):
+        out += [h for _, h in sorted((found[rank] for found in by_class if len(found) > rank), key=lambda x: x[0])]
     return out
 
 
@@ -248,6 +284,7 @@ def discover(store: RunStore, spec: AuditSpec, flagged: list[dict], embedder: An
     describer = Describer(store, spec, rows, embedder, spec.seed, progress)
     by_source: dict[str, list[Hypothesis]] = {s: [] for s in SOURCES}
     by_source["slice"] = from_slices(flagged, rows, spec, describer, spec.search.top_k)
+    by_source["class_slice"] = from_class_slices(rows, spec)
     groups = from_groups(rows, settings, describer, spec.seed)
     directions = from_directions(rows, settings, describer, spec.seed)
     ensemble, ranking, texts, by_class = diagnose_vocabulary(rows, spec, embedder, spec.seed)

@@ -13,18 +13,21 @@ same way, and the part is *needed* only if the parent fails significantly more t
 from the bug's description.
 
 One failure, one bug: verified hypotheses of one class are merged when one refines the other,
-when the failures they were drawn from are mostly the same rows of the run, or when their fresh
-failures are confused the same way (``merge_bugs``).
+or when they look alike (drawn from mostly the same failing rows of the run, or their fresh
+failures confused the same way) *and* the fresh images say they are one failure seen twice:
+siblings (the same properties, other values), or one whose excess failures lie inside the
+other's description (``merge_bugs``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.stats import fisher_exact
 
+from vbugs_ray.roles.vocabulary import exclusive_group
 from vbugs_ray.slices.search import bh_qvalues
 from vbugs_ray.slices.stats import clopper_pearson
 from vbugs_ray.spec import AuditSpec
@@ -65,17 +68,21 @@ class Arm:
     errors: int
     row_ids: list
     wrong: Counter
+    failed: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per valid row
+    values: dict = field(default_factory=dict)  # axis -> its value in each valid row (open axes vary)
 
     @classmethod
-    def of(cls, mask: np.ndarray, rows: dict[str, np.ndarray]) -> "Arm":
+    def of(cls, mask: np.ndarray, rows: dict[str, np.ndarray], axes: tuple[str, ...] = ()) -> "Arm":
         valid = mask & rows["valid"]
         err = valid & rows["error"]
-        return cls(int(valid.sum()), int(err.sum()), rows["row_id"][valid].tolist(), Counter(rows["pred"][err].tolist()))
+        return cls(int(valid.sum()), int(err.sum()), rows["row_id"][valid].tolist(), Counter(rows["pred"][err].tolist()),
+                   failed=rows["error"][valid], values={axis: rows[axis][valid] for axis in axes})
 
 
-def arms_of(rows: dict[str, np.ndarray]) -> dict[str, Arm]:
-    """Each arm's valid rows, from the columns of a round's stored rows."""
-    return {name: Arm.of(rows["hypothesis"] == name, rows) for name in np.unique(rows["hypothesis"])}
+def arms_of(rows: dict[str, np.ndarray], axes: tuple[str, ...] = ()) -> dict[str, Arm]:
+    """Each arm's valid rows, from the columns of a round's stored rows (``axes``: the axis
+    columns to keep, for ``explained_by``)."""
+    return {name: Arm.of(rows["hypothesis"] == name, rows, axes) for name in np.unique(rows["hypothesis"])}
 
 
 def fisher_greater(k1: int, n1: int, k2: int, n2: int) -> float:
@@ -131,6 +138,60 @@ def confusion_distance(a: Verdict, b: Verdict) -> float:
     return 0.5 * sum(abs(sa.get(k, 0.0) - sb.get(k, 0.0)) for k in set(sa) | set(sb))
 
 
+def explained_by(outer: Hypothesis, inner: Hypothesis, arms: dict[str, Arm], alpha: float) -> bool:
+    """Do ``inner``'s excess failures lie inside ``outer``'s description?
+
+    ``inner``'s fresh images, like the class's base images, draw the axes they leave open at
+    random, so some of them happen to match ``outer``'s axis predicates. Null: of the images that
+    ``outer`` does not describe, ``inner``'s fail no more often than the base's; alternative
+    (one-sided): more often. When the null is not rejected (Fisher at ``alpha``), ``inner``
+    shows no failure beyond ``outer``'s. Phrases cannot be checked on rows (the images do not
+    record them), so only an ``outer`` made of axis predicates alone explains anything."""
+    arm, base = arms.get(inner.key), arms.get(BASE + inner.class_name)
+    if not outer.predicates or outer.phrases or arm is None or base is None or not arm.values or not base.values:
+        return False
+    inner_rest, base_rest = _not_described(outer, arm), _not_described(outer, base)
+    return fisher_greater(int(arm.failed[inner_rest].sum()), int(inner_rest.sum()),
+                          int(base.failed[base_rest].sum()), int(base_rest.sum())) > alpha
+
+
+def _not_described(h: Hypothesis, arm: Arm) -> np.ndarray:
+    """The arm's valid rows that ``h``'s axis predicates do not all hold for."""
+    described = np.ones(arm.n, bool)
+    for axis, value in h.predicates:
+        described &= arm.values[axis] == value
+    return ~described
+
+
+def _slots(spec: AuditSpec, h: Hypothesis) -> frozenset[str]:
+    """The properties a description fixes: its axes, and its phrases' groups of exclusive words."""
+    groups = exclusive_group(spec)
+    return frozenset([axis for axis, _ in h.predicates] + [groups.get(p, p) for p in h.phrases])
+
+
+def one_failure_twice(spec: AuditSpec, a: Hypothesis, b: Hypothesis, arms: dict[str, Arm], alpha: float) -> bool:
+    """Two descriptions of one class that may be one failure mode when their confusions match:
+    siblings (the same properties with other values: a cue missing on brick and missing on
+    sand), or one whose excess failures the other explains (``explained_by``). Two failures
+    that merely confuse the class alike (a star at night and a medium star, both called a cross)
+    are neither, and stay two bugs."""
+    return (_slots(spec, a) == _slots(spec, b) or explained_by(a, b, arms, alpha)
+            or explained_by(b, a, arms, alpha))
+
+
+def by_open_axis(h: Hypothesis, arm: Arm | None) -> dict[str, dict[str, list[int]]]:
+    """The arm's errors and images per value of each axis ``h`` leaves open ({axis: {value:
+    [errors, n]}}): where the bug is heavier or lighter (squares that fail everywhere but on
+    grass show ``grass: [0, 31]``), counts only, no test."""
+    fixed = {axis for axis, _ in h.predicates}
+    out: dict[str, dict[str, list[int]]] = {}
+    for axis, values in (arm.values.items() if arm is not None else ()):
+        if axis not in fixed:
+            out[axis] = {str(v): [int(arm.failed[values == v].sum()), int((values == v).sum())]
+                         for v in np.unique(values)}
+    return out
+
+
 def unneeded_parts(h: Hypothesis, verdicts: dict[str, Verdict], alpha: float) -> list[str]:
     """The parts of ``h`` whose removal was tested (the child, in any round) and did not lower
     the failure rate significantly."""
@@ -142,19 +203,22 @@ def unneeded_parts(h: Hypothesis, verdicts: dict[str, Verdict], alpha: float) ->
     return out
 
 
-def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dict[str, Verdict], alpha: float,
-               same_failures: float = SAME_FAILURES, same_confusions: float = SAME_CONFUSIONS) -> list[dict]:
+def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dict[str, Verdict],
+               arms: dict[str, Arm], alpha: float, same_failures: float = SAME_FAILURES,
+               same_confusions: float = SAME_CONFUSIONS) -> list[dict]:
     """Verified hypotheses grouped into bugs (union-find), most severe first.
 
     Two verified hypotheses of one class are one bug when
     - one's parts are a subset of the other's (a bug and its refinement), unless the extra parts
       verified on their own too: then the larger one is the conjunction of two bugs and links
       neither; or
-    - the failures they were drawn from overlap (Jaccard >= ``same_failures``): a slice and a
-      cluster describing the same rows; or
-    - their fresh failing images are confused the same way (total variation distance between
-      their wrong predictions <= ``same_confusions``): one failure mode of the class seen under
-      several conditions, such as a spurious cue that is missing on brick and missing at night.
+    - they look alike, and the fresh images say they are one failure seen twice
+      (``one_failure_twice``: siblings, or one explained by the other). Alike: the failures
+      they were drawn from overlap (Jaccard >= ``same_failures``: a slice and a cluster of the
+      same rows), or their fresh failing images are confused the same way (total variation
+      distance between their wrong predictions <= ``same_confusions``).
+    Looking alike is not enough: a star at night and a medium star both called a cross, drawn
+    from overlapping failures, are two bugs when each fails beyond the other's description.
     A bug is named by its simplest member (fewest parts, then the higher lower confidence bound);
     the others are its evidence. Severity: that member's ``ci_low - base_error_rate``.
     """
@@ -176,8 +240,9 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
                 continue
             small, large = (parts[a], parts[b]) if len(parts[a]) <= len(parts[b]) else (parts[b], parts[a])
             refines = small < large and (ha.class_name, large - small) not in verified_tests
-            if (refines or _jaccard(ha.failing_rows, hb.failing_rows) >= same_failures
-                    or confusion_distance(verdicts[a], verdicts[b]) <= same_confusions):
+            alike = (_jaccard(ha.failing_rows, hb.failing_rows) >= same_failures
+                     or confusion_distance(verdicts[a], verdicts[b]) <= same_confusions)
+            if refines or (alike and one_failure_twice(spec, ha, hb, arms, alpha)):
                 parent[find(a)] = find(b)
 
     groups: dict[str, list[str]] = {}
@@ -199,6 +264,7 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
                           "sources": [s["kind"] for s in hypotheses[k].sources],
                           "unneeded_parts": unneeded_parts(hypotheses[k], verdicts, alpha)}
                          for k in sorted(members, key=lambda k: -verdicts[k].ci_low)],
+            "by_open_axis": by_open_axis(h, arms.get(best)),
             "row_ids": v.row_ids,
         })
     bugs.sort(key=lambda b: -b["severity"])
