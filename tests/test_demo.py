@@ -21,9 +21,9 @@ def _vbugs(*args):
 def test_demo_spec_verifies_its_planted_bugs_first_and_second(tmp_path):
     """jobs/toyworld.yaml plants two bugs (no stars at night in training; squares nearly always on
     grass): the slice search lists exactly those two first, and the verified bugs, tested on fresh
-    images, are those two, first and second (no other verified bug describes a star; other square
-    bugs may follow, each failing everywhere but on grass). Then `vbugs diagnose` scores phrases, and `vbugs verify` on the finished
-    run generates nothing new. (The local executor: the same stages as `make demo` without Ray's
+    images, are those two, first and second (no other verified bug names stars at night; other
+    square bugs of the same mode may follow, each failing everywhere but on grass). Then `vbugs
+    diagnose` scores phrases, and `vbugs verify` on the finished run generates nothing new. (The local executor: the same stages as `make demo` without Ray's
     start-up.)"""
     run_dir = tmp_path / "demo"
     done = _vbugs("audit", "--executor", "local", "--out", str(run_dir))
@@ -39,9 +39,11 @@ def test_demo_spec_verifies_its_planted_bugs_first_and_second(tmp_path):
     first, second = sorted(bugs[:2], key=lambda b: b["class"])
     assert first["class"] == "square" and "grass" not in first["description"]
     assert second["class"] == "star" and "at night" in second["description"]
-    assert not [b for b in bugs[2:] if b["class"] == "star"], [b["description"] for b in bugs]
+    assert not [b for b in bugs[2:] if b["class"] == "star" and "at night" in b["description"]], \
+        [b["description"] for b in bugs]
     squares = [b for b in bugs if b["class"] == "square"]
     assert not [b for b in squares if "grass" in b["description"]]
+    assert len({b["mode"] for b in squares}) == 1  # one mechanism: each square is called a circle
     for bug in squares:  # each shows the cause: off grass it fails, on grass it does not
         if "background" in bug["by_open_axis"]:
             rates = {v: e / n for v, (e, n) in bug["by_open_axis"]["background"].items()}

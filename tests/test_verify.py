@@ -212,6 +212,10 @@ def test_alike_failures_are_one_bug_only_when_the_fresh_images_say_so(spec):
     groups = sorted(sorted(e["description"] for e in b["evidence"]) for b in bugs)
     assert groups == [["square, brick", "square, sand"], ["star, at night", "star, heavy clutter"], ["star, medium"]]
     star_night = next(b for b in bugs if b["description"] == "star, at night")
+    medium_star = next(b for b in bugs if b["description"] == "star, medium")
+    # two failures, one mode: both stars called a cross; squares are another mode
+    assert star_night["mode"] == medium_star["mode"] != next(b for b in bugs if b["class"] == "square")["mode"]
+    assert sorted({b["mode"] for b in bugs}) == [1, 2] and bugs[0]["mode"] == 1
     assert set(star_night["by_open_axis"]) == {"background", "colour"}  # the axes the description leaves open
     assert sum(n for _, n in star_night["by_open_axis"]["background"].values()) == star_night["n"]
     # with no fresh rows to look at, looking alike is not enough to merge anything but siblings

@@ -76,6 +76,17 @@ def test_verification_on_ray_finds_the_planted_bug_and_resumes(spec_dict, ray_se
                                                        f"({json.loads((folder / 'round-2' / 'plan.json').read_text())['rows']} rows)"]
     assert again["verified_bugs"] == bugs
 
+    # a replication planned for other bugs (a release that merged the same rounds differently)
+    # is planned again, not judged on arms it does not hold
+    plan = folder / "replication" / "plan.json"
+    stale = json.loads(plan.read_text())
+    plan.write_text(json.dumps({**stale, "bugs": stale["bugs"][:1] + ["h-another-bug"]}))
+    messages = []
+    again = audit(spec, run_dir, progress=messages.append)
+    assert any("planning again" in m for m in messages)
+    assert json.loads(plan.read_text())["bugs"] == [b["hypothesis"] for b in bugs]
+    assert again["verified_bugs"] == bugs
+
 
 def _blind_spec(spec_dict, seed):
     spec_dict = _verify_spec(spec_dict, 288, "local",

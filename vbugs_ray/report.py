@@ -57,6 +57,10 @@ def format_bugs(report: dict, top: int = 10) -> str:
         others = [e["description"] for e in bug["evidence"] if e["hypothesis"] != bug["hypothesis"]]
         if others:
             lines.append(f"{'':>5}also: {'; '.join(others[:4])}{' ...' if len(others) > 4 else ''}")
+        same_mode = [(j, b) for j, b in enumerate(bugs[:top], 1) if j != i and b.get("mode") == bug.get("mode")]
+        if same_mode and same_mode[0][0] > i and bug["top_wrong_predictions"]:
+            lines.append(f"{'':>5}same mode (called {bug['top_wrong_predictions'][0][0]}): "
+                         + "; ".join(f"#{j} {b['description']}" for j, b in same_mode))
         spread = _widest_open_axis(bug.get("by_open_axis", {}))
         if spread:
             lines.append(f"{'':>5}{spread}")

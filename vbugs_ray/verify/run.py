@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import time
 from typing import Callable
 
@@ -137,12 +138,17 @@ class Verification:
         folder = self.root / "replication"
         tests = [self.hypotheses[b["hypothesis"]] for b in bugs]
         index = self.settings.rounds + 1  # its own seed stream, after the rounds'
+        keys = [b["hypothesis"] for b in bugs]
+        if (folder / "plan.json").exists() and json.loads((folder / "plan.json").read_text())["bugs"] != keys:
+            # the rounds' rows are the same but another release merges them into other bugs
+            progress("replication: the verified bugs changed since its images were planned; planning again")
+            shutil.rmtree(folder)
         if (folder / "plan.json").exists():
             table = pq.read_table(folder / "plan.parquet")
         else:
             base = sorted({h.class_name for h in tests}, key=self.spec.classes.index)
             table = plan_round(self.spec, tests, base, self.settings.images_per_hypothesis, next_row, used, index)
-            _save_plan(folder, table, {"bugs": [b["hypothesis"] for b in bugs]})
+            _save_plan(folder, table, {"bugs": keys})
         verdicts = judge_round(tests, arms_of(self._generate("replication", table, executor, progress)),
                                self.settings.alpha, index)
         for bug, h in zip(bugs, tests):

@@ -18,7 +18,7 @@ def _phrases(value, where: str) -> list[str]:
 @dataclass(frozen=True)
 class VerifySettings:
     images_per_hypothesis: int = option(200, kind=int, low=10)
-    max_hypotheses: int = option(12, kind=int, low=1)  # hypotheses tested per round
+    max_hypotheses: int = option(16, kind=int, low=1)  # hypotheses tested per round (five sources share them)
     rounds: int = option(2, kind=int, low=1, high=5)  # round 2 on tests the parts of verified descriptions
     alpha: float = option(0.05, kind=float, low=0, high=1, low_open=True)  # split evenly over the rounds
     vocabulary: list = option([], parse=_phrases)  # phrases the diagnosis ensemble ranks, besides the generator's

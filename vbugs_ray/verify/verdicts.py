@@ -138,7 +138,7 @@ def confusion_distance(a: Verdict, b: Verdict) -> float:
     return 0.5 * sum(abs(sa.get(k, 0.0) - sb.get(k, 0.0)) for k in set(sa) | set(sb))
 
 
-def explained_by(outer: Hypothesis, inner: Hypothesis, arms: dict[str, Arm], alpha: float) -> bool:
+def explained_by(outer: Hypothesis, inner: Hypothesis, arms: dict[str, Arm], alpha: float) -> bool | None:
     """Do ``inner``'s excess failures lie inside ``outer``'s description?
 
     ``inner``'s fresh images, like the class's base images, draw the axes they leave open at
@@ -146,10 +146,11 @@ def explained_by(outer: Hypothesis, inner: Hypothesis, arms: dict[str, Arm], alp
     ``outer`` does not describe, ``inner``'s fail no more often than the base's; alternative
     (one-sided): more often. When the null is not rejected (Fisher at ``alpha``), ``inner``
     shows no failure beyond ``outer``'s. Phrases cannot be checked on rows (the images do not
-    record them), so only an ``outer`` made of axis predicates alone explains anything."""
+    record them), so only an ``outer`` made of axis predicates alone can be asked: ``None`` when
+    the rows cannot tell."""
     arm, base = arms.get(inner.key), arms.get(BASE + inner.class_name)
     if not outer.predicates or outer.phrases or arm is None or base is None or not arm.values or not base.values:
-        return False
+        return None
     inner_rest, base_rest = _not_described(outer, arm), _not_described(outer, base)
     return fisher_greater(int(arm.failed[inner_rest].sum()), int(inner_rest.sum()),
                           int(base.failed[base_rest].sum()), int(base_rest.sum())) > alpha
@@ -169,14 +170,39 @@ def _slots(spec: AuditSpec, h: Hypothesis) -> frozenset[str]:
     return frozenset([axis for axis, _ in h.predicates] + [groups.get(p, p) for p in h.phrases])
 
 
-def one_failure_twice(spec: AuditSpec, a: Hypothesis, b: Hypothesis, arms: dict[str, Arm], alpha: float) -> bool:
-    """Two descriptions of one class that may be one failure mode when their confusions match:
-    siblings (the same properties with other values: a cue missing on brick and missing on
-    sand), or one whose excess failures the other explains (``explained_by``). Two failures
-    that merely confuse the class alike (a star at night and a medium star, both called a cross)
-    are neither, and stay two bugs."""
-    return (_slots(spec, a) == _slots(spec, b) or explained_by(a, b, arms, alpha)
-            or explained_by(b, a, arms, alpha))
+class _Pairs:
+    """What the fresh images say about pairs of verified hypotheses of one class."""
+
+    def __init__(self, spec: AuditSpec, hypotheses: dict[str, Hypothesis], keys: list[str],
+                 arms: dict[str, Arm], alpha: float):
+        self.spec, self.hypotheses = spec, hypotheses
+        self.parts = {k: frozenset(hypotheses[k].parts) for k in keys}
+        self.verified_tests = {(hypotheses[k].class_name, self.parts[k]) for k in keys}
+        self.inside = {(a, b): explained_by(hypotheses[a], hypotheses[b], arms, alpha)
+                       for a in keys for b in keys if a != b and hypotheses[a].class_name == hypotheses[b].class_name}
+
+    def refines(self, a: str, b: str) -> bool:
+        """One's parts are a subset of the other's and the extra parts did not verify on their own
+        (else the larger one is the conjunction of two bugs)."""
+        pa, pb = self.parts[a], self.parts[b]
+        small, large = (pa, pb) if len(pa) <= len(pb) else (pb, pa)
+        return small < large and (self.hypotheses[a].class_name, large - small) not in self.verified_tests
+
+    def siblings(self, a: str, b: str) -> bool:
+        """The same properties with other values: a cue missing on brick and missing on sand."""
+        return _slots(self.spec, self.hypotheses[a]) == _slots(self.spec, self.hypotheses[b])
+
+    def one_failure_twice(self, a: str, b: str) -> bool:
+        """Siblings, or one whose excess failures lie inside the other's description."""
+        return self.siblings(a, b) or self.inside[(a, b)] is True or self.inside[(b, a)] is True
+
+    def apart(self, a: str, b: str) -> bool:
+        """Two failures by the fresh images: one fails beyond the other's description and neither
+        lies inside the other (siblings and refinements excepted). No chain of links joins two
+        bugs so named: a star at night and a medium star, both called a cross, stay two bugs."""
+        if self.siblings(a, b) or self.refines(a, b) or True in (self.inside[(a, b)], self.inside[(b, a)]):
+            return False
+        return False in (self.inside[(a, b)], self.inside[(b, a)])
 
 
 def by_open_axis(h: Hypothesis, arm: Arm | None) -> dict[str, dict[str, list[int]]]:
@@ -206,53 +232,56 @@ def unneeded_parts(h: Hypothesis, verdicts: dict[str, Verdict], alpha: float) ->
 def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dict[str, Verdict],
                arms: dict[str, Arm], alpha: float, same_failures: float = SAME_FAILURES,
                same_confusions: float = SAME_CONFUSIONS) -> list[dict]:
-    """Verified hypotheses grouped into bugs (union-find), most severe first.
+    """Verified hypotheses grouped into bugs, most severe first.
 
-    Two verified hypotheses of one class are one bug when
+    Two verified hypotheses of one class are linked when
     - one's parts are a subset of the other's (a bug and its refinement), unless the extra parts
-      verified on their own too: then the larger one is the conjunction of two bugs and links
-      neither; or
+      verified on their own too: then the larger one is the conjunction of two bugs; or
     - they look alike, and the fresh images say they are one failure seen twice
-      (``one_failure_twice``: siblings, or one explained by the other). Alike: the failures
-      they were drawn from overlap (Jaccard >= ``same_failures``: a slice and a cluster of the
-      same rows), or their fresh failing images are confused the same way (total variation
-      distance between their wrong predictions <= ``same_confusions``).
-    Looking alike is not enough: a star at night and a medium star both called a cross, drawn
-    from overlapping failures, are two bugs when each fails beyond the other's description.
-    A bug is named by its simplest member (fewest parts, then the higher lower confidence bound);
-    the others are its evidence. Severity: that member's ``ci_low - base_error_rate``.
+      (``_Pairs.one_failure_twice``: siblings, or one explained by the other). Alike: the
+      failures they were drawn from overlap (Jaccard >= ``same_failures``: a slice and a cluster
+      of the same rows), or their fresh failing images are confused the same way (total
+      variation distance between their wrong predictions <= ``same_confusions``).
+    Links join groups, refinements first, unless the fresh images set the two groups' names
+    apart (``_Pairs.apart``), so no chain of weak links makes two failures one.
+    A bug is named by its simplest member (fewest parts, then one that no other member explains,
+    then the higher lower confidence bound); the others are its evidence. Severity: that
+    member's ``ci_low - base_error_rate``.
     """
     keys = [k for k, v in verdicts.items() if v.verified]
-    parts = {k: frozenset(hypotheses[k].parts) for k in keys}
-    verified_tests = {(hypotheses[k].class_name, parts[k]) for k in keys}
-    parent = {k: k for k in keys}
-
-    def find(k: str) -> str:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
+    pairs = _Pairs(spec, hypotheses, keys, arms, alpha)
+    members = {k: [k] for k in keys}
+    root = {k: k for k in keys}
+    links = []
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
             ha, hb = hypotheses[a], hypotheses[b]
             if ha.class_name != hb.class_name:
                 continue
-            small, large = (parts[a], parts[b]) if len(parts[a]) <= len(parts[b]) else (parts[b], parts[a])
-            refines = small < large and (ha.class_name, large - small) not in verified_tests
             alike = (_jaccard(ha.failing_rows, hb.failing_rows) >= same_failures
                      or confusion_distance(verdicts[a], verdicts[b]) <= same_confusions)
-            if refines or (alike and one_failure_twice(spec, ha, hb, arms, alpha)):
-                parent[find(a)] = find(b)
+            if pairs.refines(a, b):
+                links.append((0, a, b))
+            elif alike and pairs.one_failure_twice(a, b):
+                links.append((1, a, b))
 
-    groups: dict[str, list[str]] = {}
-    for k in keys:
-        groups.setdefault(find(k), []).append(k)
+    def name_of(group: list[str]) -> str:
+        return min(group, key=lambda k: (len(pairs.parts[k]), any(pairs.inside[(o, k)] for o in group if o != k),
+                                         -verdicts[k].ci_low))
+
+    for _, a, b in sorted(links, key=lambda link: link[0]):  # refinements first
+        ra, rb = root[a], root[b]
+        if ra == rb or pairs.apart(name_of(members[ra]), name_of(members[rb])):
+            continue
+        for k in members[rb]:
+            root[k] = ra
+        members[ra] += members.pop(rb)
+
     bugs = []
-    for members in groups.values():
-        best = min(members, key=lambda k: (len(parts[k]), -verdicts[k].ci_low))
+    for group in members.values():
+        best = name_of(group)
         h, v = hypotheses[best], verdicts[best]
-        sources = sorted({s["kind"] for k in members for s in hypotheses[k].sources})
+        sources = sorted({s["kind"] for k in group for s in hypotheses[k].sources})
         bugs.append({
             "description": h.description(spec), "class": h.class_name, "prompt": h.prompt_pattern(spec),
             "sources": sources, "hypothesis": best,
@@ -263,9 +292,26 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
                           "error_rate": verdicts[k].error_rate, "q_value": verdicts[k].q_value,
                           "sources": [s["kind"] for s in hypotheses[k].sources],
                           "unneeded_parts": unneeded_parts(hypotheses[k], verdicts, alpha)}
-                         for k in sorted(members, key=lambda k: -verdicts[k].ci_low)],
+                         for k in sorted(group, key=lambda k: -verdicts[k].ci_low)],
             "by_open_axis": by_open_axis(h, arms.get(best)),
             "row_ids": v.row_ids,
         })
     bugs.sort(key=lambda b: -b["severity"])
+    _number_modes(bugs, verdicts, same_confusions)
     return bugs
+
+
+def _number_modes(bugs: list[dict], verdicts: dict[str, Verdict], same_confusions: float) -> None:
+    """``mode`` on each bug (1 = the most severe bug's): bugs of one class whose failures are all
+    confused alike, pairwise (complete linkage, so no chain joins two unlike bugs). Distinct
+    failures by the fresh images, perhaps one mechanism: the demo's squares fail at night, small
+    and on brick, each called a circle, and each fails everywhere but on grass."""
+    modes: list[list[dict]] = []
+    for bug in bugs:
+        home = next((m for m in modes if m[0]["class"] == bug["class"] and all(
+            confusion_distance(verdicts[o["hypothesis"]], verdicts[bug["hypothesis"]]) <= same_confusions
+            for o in m)), None)
+        if home is None:
+            modes.append(home := [])
+        home.append(bug)
+        bug["mode"] = modes.index(home) + 1
