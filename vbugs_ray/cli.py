@@ -31,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     slices.add_argument("--caption", action="store_true",
                         help="with a run directory: also caption the top slices (loads the spec's captioner)")
     slices.add_argument("--table", help="any Parquet file or directory of Parquet files instead of a run")
-    slices.add_argument("--error-col", default="error", help="with --table: the 0/1 (or bool) error column")
+    slices.add_argument("--error-col", default="error",
+                        help="with --table: the error column, 0/1 or true/false (rows where it is missing are "
+                             "left out), or text with --positive")
+    slices.add_argument("--positive", default=None, metavar="VALUE",
+                        help="with --table and a text --error-col of two values: the value that marks an error")
     slices.add_argument("--loss-col", default=None, help="with --table: an optional per-row loss column")
     slices.add_argument("--features", default=None, help="with --table: comma-separated columns (default: all others)")
     slices.add_argument("--out", default=None, help="with --table: where to write the JSON result")
@@ -147,12 +151,14 @@ def _slices(args) -> int:
 
     from vbugs_ray.report import format_slices
 
+    if args.positive is not None and not args.table:
+        raise SpecError("<command line>", "--positive goes with --table (it names the error value of a text column)")
     if args.table:
         from vbugs_ray.table import search_table
 
         report = search_table(args.table, args.error_col, args.loss_col,
                               args.features.split(",") if args.features else None,
-                              _search_overrides(args, {}), args.out, progress=_log)
+                              _search_overrides(args, {}), args.out, progress=_log, positive=args.positive)
     elif args.run_dir:
         from vbugs_ray.audit import find_slices
         from vbugs_ray.store import RunStore

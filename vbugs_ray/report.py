@@ -27,8 +27,10 @@ def build_report(result: SliceResult, settings: SearchSettings, features: list[s
 def format_slices(report: dict, top: int = 10) -> str:
     """A fixed-width table of the top flagged slices."""
     flagged = report["flagged_slices"]
+    dropped = report.get("rows_missing_error", 0)
     lines = [f"{report['n_images']} images, base error rate {report['base_error_rate']:.3f}, "
-             f"{report['evaluated_slices']} of {report['lattice_size']} lattice slices tested, {len(flagged)} flagged"]
+             f"{report['evaluated_slices']} of {report['lattice_size']} lattice slices tested, {len(flagged)} flagged"
+             + (f" ({dropped} rows without an error value left out)" if dropped else "")]
     if flagged:
         lines.append(f"{'#':>3}  {'slice':<44} {'n':>6} {'err':>6} {'rest':>6} {'effect':>7} {'q':>9}")
     for i, s in enumerate(flagged[:top], 1):

@@ -74,11 +74,12 @@ def spans_shards(pieces: Sequence[Piece]) -> bool:
     return len(pieces) > 1 and piece_rows(pieces) > SHARD_ROWS
 
 
-def _read(piece: Piece, columns: list[str], valid_col: str | None = None) -> pa.Table:
-    """Some columns of a shard; with ``valid_col``, only the rows where that column is true.
+def _read(piece: Piece, columns: list[str], valid_col: str | None = None, error_col: str | None = None) -> pa.Table:
+    """Some columns of a shard, only the rows that count: with ``valid_col``, rows where that
+    column is true; with ``error_col``, rows whose error is known (not null, not NaN).
     Text columns come back dictionary-encoded (as Parquet stores them): a few distinct values and
     small integer indices, which is all the encoding needs."""
-    wanted = [*columns, valid_col] if valid_col else list(columns)
+    wanted = [*columns, *(c for c in (valid_col, error_col) if c and c not in columns)]
     parts = []
     for file, groups in piece:
         handle = pq.ParquetFile(file)
@@ -87,20 +88,37 @@ def _read(piece: Piece, columns: list[str], valid_col: str | None = None) -> pa.
         handle = pq.ParquetFile(file, read_dictionary=text)
         parts.append(handle.read_row_groups(list(groups), columns=wanted))
     table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-    if valid_col is None:
-        return table
-    return table.filter(pc.fill_null(table.column(valid_col), False)).select(columns)
+    keep = _rows_that_count(table, valid_col, error_col)
+    return table.select(columns) if keep is None else table.filter(keep).select(columns)
 
 
-def profile_piece(piece: Piece, index: int, features: Sequence[str], valid_col: str | None = None) -> dict:
-    """Per feature: value -> count (categorical) or a random sample (numeric) of one shard."""
-    return profile_table(_read(piece, list(features), valid_col), features, seed=[index, 7])
+def _rows_that_count(table: pa.Table, valid_col: str | None, error_col: str | None):
+    """The mask of rows to keep, or None when every row counts (so the shard is not copied)."""
+    keep = None
+    if valid_col:
+        keep = pc.fill_null(table.column(valid_col), False)
+    if error_col:
+        known = pc.invert(pc.is_null(table.column(error_col), nan_is_null=True))
+        keep = known if keep is None else pc.and_(keep, known)
+    return None if keep is None or pc.all(keep).as_py() in (True, None) else keep
+
+
+def profile_piece(piece: Piece, index: int, features: Sequence[str], valid_col: str | None = None,
+                  error_col: str | None = None) -> dict:
+    """Per feature: value -> count (categorical) or a random sample (numeric) of one shard's
+    counted rows (``error_col``: those whose error is known)."""
+    return profile_table(_read(piece, list(features), valid_col, error_col), features, seed=[index, 7])
 
 
 def encode_piece(piece: Piece, features: Sequence[str], encodings: list[Encoding], error_col: str,
-                 loss_col: str | None, valid_col: str | None = None) -> EncodedShard:
-    table = _read(piece, [*features, error_col, *([loss_col] if loss_col else [])], valid_col)
-    error = table.column(error_col).to_numpy(zero_copy_only=False).astype(bool)
+                 loss_col: str | None, valid_col: str | None = None, positive: str | None = None) -> EncodedShard:
+    """One shard as codes. Rows with no error value are left out; the error column is read as
+    0/1 or true/false, or with ``positive``, as text where that value marks an error (the
+    caller has checked the column holds one or the other)."""
+    table = _read(piece, [*features, error_col, *([loss_col] if loss_col else [])], valid_col, error_col)
+    error = table.column(error_col)
+    error = pc.equal(error, positive) if positive is not None else error
+    error = error.to_numpy(zero_copy_only=False).astype(bool)
     loss = None if loss_col is None else table.column(loss_col).to_numpy(zero_copy_only=False).astype(np.float64)
     codes = np.stack([enc.encode(table.column(f)) for f, enc in zip(features, encodings)])
     return EncodedShard(codes, np.nonzero(error)[0].astype(np.int64), loss)
@@ -108,12 +126,13 @@ def encode_piece(piece: Piece, features: Sequence[str], encodings: list[Encoding
 
 def parquet_counter(pieces: Sequence[Piece], error_col: str, features: Sequence[str], loss_col: str | None = None,
                     max_values: int = 20, n_bins: int = 10, runner: Runner | None = None,
-                    valid_col: str | None = None) -> ShardCounter:
+                    valid_col: str | None = None, positive: str | None = None) -> ShardCounter:
     """A counter over the shards of a Parquet table. With ``valid_col``, rows where that boolean
-    column is false are left out of every count (the CLIP filter's failed generations)."""
+    column is false are left out of every count (the CLIP filter's failed generations); so are
+    rows whose error is missing. ``positive``: the error column is text, this value an error."""
     run = runner or LocalRunner()
     names = list(features)
-    profiles = run.get([run.submit(profile_piece, p, i, names, valid_col) for i, p in enumerate(pieces)])
+    profiles = run.get([run.submit(profile_piece, p, i, names, valid_col, error_col) for i, p in enumerate(pieces)])
     encodings = build_encodings(profiles, names, max_values, n_bins)
-    shards = [run.submit(encode_piece, p, names, encodings, error_col, loss_col, valid_col) for p in pieces]
+    shards = [run.submit(encode_piece, p, names, encodings, error_col, loss_col, valid_col, positive) for p in pieces]
     return ShardCounter(names, [e.labels for e in encodings], shards, run)
