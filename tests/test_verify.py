@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
+from vbugs_ray.report import format_bugs
 from vbugs_ray.spec import parse_spec
 from vbugs_ray.verify.hypotheses import Hypothesis, deduplicate, split_phrases
 from vbugs_ray.verify.plan import BASE, fresh_seeds, plan_round
@@ -218,6 +219,11 @@ def test_alike_failures_are_one_bug_only_when_the_fresh_images_say_so(spec):
     assert sorted({b["mode"] for b in bugs}) == [1, 2] and bugs[0]["mode"] == 1
     assert set(star_night["by_open_axis"]) == {"background", "colour"}  # the axes the description leaves open
     assert sum(n for _, n in star_night["by_open_axis"]["background"].values()) == star_night["n"]
+    table = format_bugs({"verified_bugs": bugs, "hypotheses": [], "verification": {}})
+    first_star = min(i for i, b in enumerate(bugs, 1) if b["class"] == "star")
+    other_star = max(i for i, b in enumerate(bugs, 1) if b["class"] == "star")
+    assert f"same mode (called cross): #{other_star} " in table and table.count("same mode") == 1, table
+    assert f"{first_star:>3}  star" in table and table.count("\n     by ") == len(bugs)  # each: its widest open axis
     # with no fresh rows to look at, looking alike is not enough to merge anything but siblings
     blind = merge_bugs(spec, {h.key: h for h in tests}, verdicts, {}, 0.05)
     assert sorted(len(b["evidence"]) for b in blind) == [1, 1, 1, 2]
