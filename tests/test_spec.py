@@ -57,6 +57,10 @@ _DELETE = object()
         ("generator.options.dpi", 300, "generator.options.dpi", "unknown option; allowed: resolution"),
         ("embedder.options.stepz", 5, "embedder.options.stepz", "unknown option; allowed: steps, seed"),
         ("embedder", _DELETE, "embedder", "is required"),
+        ("search.alpha", float("nan"), "search.alpha", "must be a finite number; got nan"),
+        ("search.min_effect", float("inf"), "search.min_effect", "must be a finite number; got inf"),
+        ("classifier.num_cpus", float("nan"), "classifier.num_cpus", "must be a finite number; got nan"),
+        ("generator.options.resolution", -float("inf"), "generator.options.resolution", "finite number; got -inf"),
     ],
 )
 def test_spec_errors_name_the_field(spec_dict, path, value, field, words):

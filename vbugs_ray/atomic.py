@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
+
+from vbugs_ray.jsontext import to_json
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -22,4 +23,5 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
+    """``data`` as strict JSON (non-finite numbers as null: see jsontext)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(to_json(data)))

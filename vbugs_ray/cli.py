@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import re
 import sys
 
-from vbugs_ray.errors import USER_ERRORS, SpecError, TokenError
+from vbugs_ray.errors import USER_ERRORS, SpecError, TokenError, UsageError
+from vbugs_ray.fields import check_field
+from vbugs_ray.jsontext import to_json
 from vbugs_ray.slices.settings import FDR_PROCEDURES, PRUNE_MODES, SearchSettings
 from vbugs_ray.spec import DEFAULT_SPEC, load_spec
 
@@ -125,7 +127,7 @@ def _diagnose(args) -> int:
     store = RunStore(args.run_dir)
     spec = parse_spec(store.load_spec_dict(), source=str(store.spec_path))
     result = diagnose_phrases(store, spec, args.phrases, _log)
-    print(json.dumps(result, indent=2))
+    print(to_json(result))
     return 0
 
 
@@ -135,15 +137,23 @@ def _discover(args) -> int:
     result = discover_table(args.table, args.embedding_col, args.error_col, args.class_col or None, args.loss_col,
                             args.pred_col, args.features.split(",") if args.features else None, args.out,
                             args.seed, args.with_rows, progress=_log)
-    print(json.dumps(result, indent=2))
+    print(to_json(result))
     return 0
 
 
 def _search_overrides(args, base: dict) -> SearchSettings:
-    """The search settings with the command line's overrides, checked like a spec file's."""
+    """The search settings with the command line's overrides, each checked by the rule a spec
+    file's value meets and refused under its flag's name (``--alpha nan``: not a number)."""
     overrides = {"alpha": args.alpha, "min_support": args.min_support, "min_effect": args.min_effect,
                  "max_order": args.max_order, "fdr": args.fdr, "prune": args.prune}
-    return SearchSettings.parse(dict(base, **{k: v for k, v in overrides.items() if v is not None}))
+    given = {name: value for name, value in overrides.items() if value is not None}
+    for name, value in given.items():
+        flag = "--" + name.replace("_", "-")
+        try:
+            check_field(SearchSettings, name, value, flag)
+        except SpecError as exc:
+            raise UsageError(f"{flag}: {exc.message}") from None
+    return SearchSettings.parse(dict(base, **given))
 
 
 def _slices(args) -> int:
@@ -178,10 +188,13 @@ def _learn_tokens(args) -> int:
     for name in ("steps", "batch_size"):
         if getattr(args, name) < 1:
             raise TokenError(f"--{name.replace('_', '-')}: must be >= 1")
+    for name in ("lr", "weight_decay"):
+        if not math.isfinite(getattr(args, name)):
+            raise TokenError(f"--{name.replace('_', '-')}: must be a finite number; got {getattr(args, name)!r}")
     settings = TokenSettings(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                              resolution=args.resolution, mixed_precision=args.mixed_precision, seed=args.seed)
     out = learn_token(args.model, args.images, args.token, args.init_word, args.out, settings, progress=_log)
-    print(json.dumps({"token": args.token, "file": str(out)}))
+    print(to_json({"token": args.token, "file": str(out)}, indent=None))
     return 0
 
 
@@ -192,7 +205,7 @@ def _validate(args) -> int:
     spec = load_spec(args.spec)
     validate_backends(spec)
     grid = build_grid(spec)
-    print(json.dumps({"name": spec.name, "cells": n_cells(spec), "rows": grid.num_rows}))
+    print(to_json({"name": spec.name, "cells": n_cells(spec), "rows": grid.num_rows}, indent=None))
     return 0
 
 

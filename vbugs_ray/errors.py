@@ -31,4 +31,8 @@ class TokenError(ValueError):
     """A learn-tokens input that cannot be used (one-line message naming the option)."""
 
 
-USER_ERRORS = (SpecError, RunStoreError, TableError, TokenError)
+class UsageError(ValueError):
+    """A command-line flag given a value it cannot take (one-line message naming the flag)."""
+
+
+USER_ERRORS = (SpecError, RunStoreError, TableError, TokenError, UsageError)

@@ -14,6 +14,7 @@ fraction, one of a list...) are never written twice::
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -57,6 +58,7 @@ class Rule:
             raise SpecError(where, f"expected {_KIND_NAMES[self.kind]}{extra}; got {value!r}")
         if self.kind in (int, float):
             value = self.kind(value)
+            check_finite(value, where)
             if self.low is not None and (value <= self.low if self.low_open else value < self.low):
                 raise SpecError(where, f"must be {'>' if self.low_open else '>='} {self.low:g}; got {value!r}")
             if self.high is not None and value > self.high:
@@ -89,6 +91,33 @@ def option(default: Any = REQUIRED, **rule: Any) -> Any:
 def check_value(value: Any, where: str, **rule: Any) -> Any:
     """One value against a rule, outside any declared dataclass (top-level spec fields)."""
     return Rule(**rule).check(value, where)
+
+
+def check_finite(value: Any, where: str) -> None:
+    """A float must be a number: NaN passes every bound check (all comparisons are false) and
+    infinity most, so either would quietly flag nothing or everything."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(where, f"must be a finite number; got {value!r}")
+
+
+def check_all_finite(data: Any, where: str = "") -> None:
+    """Every float anywhere in a spec mapping (backend options, axis values...) is finite; the
+    first that is not raises SpecError naming its path (``search.alpha``, ``axes.size[2]``)."""
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            check_all_finite(value, _join(where, str(key)))
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            check_all_finite(value, f"{where}[{i}]")
+    else:
+        check_finite(data, where or "<top>")
+
+
+def check_field(cls: type, name: str, value: Any, where: str) -> Any:
+    """``value`` checked by the rule of the declared option ``name`` of ``cls`` alone (a
+    command-line override of one setting)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.metadata.get("rule", Rule()).check(value, where)
 
 
 def names(cls: type) -> tuple[str, ...]:

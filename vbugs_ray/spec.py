@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import yaml
 
 from vbugs_ray.errors import SpecError
-from vbugs_ray.fields import REQUIRED, check_value, option, parse_options
+from vbugs_ray.fields import REQUIRED, check_all_finite, check_value, option, parse_options
 from vbugs_ray.slices.settings import SearchSettings
 from vbugs_ray.verify.settings import VerifySettings
 
@@ -234,6 +234,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
     for key in data:
         if key not in AuditSpec.TOP_FIELDS:
             raise SpecError(str(key), f"unknown key; allowed: {', '.join(AuditSpec.TOP_FIELDS)}")
+    check_all_finite(data)
     for key in ("classes", "axes", "prompt"):
         if data.get(key) is None:
             raise SpecError(key, "is required")
@@ -289,12 +290,47 @@ def load_spec(path: str | Path) -> AuditSpec:
     if not path.is_file():
         raise SpecError("<file>", f"no spec file at {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise SpecError("<file>", f"{path} is not valid YAML{where}") from None
     return parse_spec(data, source=str(path))
+
+
+def _read_yaml(text: str) -> Any:
+    """YAML as ``yaml.safe_load`` reads it, but a key given twice in one mapping is a SpecError
+    (safe_load keeps the last silently: a second ``budget:`` would change the run unseen)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, "", set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(node: yaml.Node, where: str, seen: set[int]) -> None:
+    """Walk the composed YAML (before any value is built) so the error can name the key's path
+    and both lines. ``seen``: nodes visited, as an alias may point back at its parent."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{where}[{i}]", seen)
+    elif isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}  # key -> the line it was first given on
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            path, line = f"{where}.{key}" if where else key, key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode):
+                if key in first_line:
+                    raise SpecError(path, f"given twice (lines {first_line[key]} and {line}); keep one")
+                first_line[key] = line
+            _refuse_duplicate_keys(value_node, path, seen)
 
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "jobs" / "toyworld.yaml"
