@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from vbugs_ray.atomic import atomic_write_json
+from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.errors import SpecError
 from vbugs_ray.grid import build_grid
@@ -150,7 +150,7 @@ def verify_run(run_dir: str | Path, spec_dict: dict | None = None, progress: Pro
 def audit(spec: AuditSpec, run_dir: str | Path | None = None, progress: Progress = _log) -> dict:
     """Run a whole audit and return the report (also written to RUN_DIR/report.json): rows,
     slice search, then (unless ``verify: false``) discovery and verification."""
-    run_dir = Path(run_dir or spec.output_dir)
+    run_dir = check_output(run_dir or spec.output_dir, "run directory", folder=True)  # before hours of work
     validate_backends(spec)  # a mistake in the spec is reported before Ray starts
     gpus = {role: getattr(spec, role).num_gpus for role in PIPELINE_ROLES}
     with ray_session(spec.run, progress, gpus) if spec.run.executor == "ray" else contextlib.nullcontext():

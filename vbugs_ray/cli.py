@@ -7,6 +7,7 @@ import math
 import re
 import sys
 
+from vbugs_ray.atomic import check_output
 from vbugs_ray.errors import USER_ERRORS, SpecError, TokenError, UsageError
 from vbugs_ray.fields import check_field
 from vbugs_ray.jsontext import to_json
@@ -98,13 +99,15 @@ def _parser() -> argparse.ArgumentParser:
 def _audit(args) -> int:
     import dataclasses
 
-    from vbugs_ray.audit import audit
-    from vbugs_ray.report import format_bugs, format_slices
-
     spec = load_spec(args.spec or DEFAULT_SPEC)
     if args.executor:
         spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, executor=args.executor))
-    report = audit(spec, args.out)
+    where = "--out" if args.out else "spec field 'output_dir':"
+    run_dir = check_output(args.out or spec.output_dir, where, folder=True)  # before a minute of imports
+    from vbugs_ray.audit import audit
+    from vbugs_ray.report import format_bugs, format_slices
+
+    report = audit(spec, run_dir)
     print(format_slices(report, args.top))
     if "verified_bugs" in report:
         print(format_bugs(report, args.top))

@@ -15,11 +15,12 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as pads
 
-from vbugs_ray.atomic import atomic_write_json
+from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.discover import failure_directions, failure_groups
 from vbugs_ray.discover.diagnosis import fit_finite, fit_per_class
 from vbugs_ray.errors import TableError
-from vbugs_ray.slices.parquet import parquet_files
+from vbugs_ray.table_files import (check_features, check_loss_column, check_same_columns, kind, read_schemas,
+                                   table_files)
 
 
 def _embeddings(column: pa.ChunkedArray, name: str) -> np.ndarray:
@@ -48,21 +49,27 @@ def _embeddings(column: pa.ChunkedArray, name: str) -> np.ndarray:
 
 
 def read_table(path: str, embedding_col: str, error_col: str, class_col: str | None, loss_col: str | None,
-               pred_col: str | None, features: list[str] | None) -> dict:
-    """The columns discovery needs, checked; a mistake is a one-line TableError naming the flag."""
-    try:
-        files = parquet_files(path)
-    except FileNotFoundError as exc:
-        raise TableError(str(exc)) from None
-    dataset = pads.dataset(files, format="parquet")
-    names = dataset.schema.names
+               pred_col: str | None, features: list[str] | None,
+               progress: Callable[[str], None] = lambda _: None) -> dict:
+    """The columns discovery needs, checked; a mistake is a one-line TableError naming the flag
+    (or the file whose columns differ from the first file's)."""
+    files = table_files(path, progress)
+    schemas = read_schemas(files)
+    names = schemas[0].names
     flags = {"--embedding-col": embedding_col, "--error-col": error_col, "--class-col": class_col,
              "--loss-col": loss_col, "--pred-col": pred_col}
     for flag, column in [*flags.items(), *(("--features", f) for f in features or [])]:
         if column is not None and column not in names:
             raise TableError(f"{flag} {column!r} is not a column of {path}; columns: {', '.join(names)}")
+    error_type = schemas[0].field(error_col).type
+    if kind(error_type) not in ("number", "bool"):
+        raise TableError(f"--error-col {error_col!r} has type {error_type}: it must hold 0/1 or true/false; "
+                         "map it to 0/1 (1 = error) first")
+    check_loss_column(schemas[0], loss_col)
+    check_features(schemas[0], features or [])
     wanted = list(dict.fromkeys(c for c in [*flags.values(), *(features or [])] if c is not None))
-    table = dataset.to_table(columns=wanted)
+    check_same_columns(files, schemas, wanted)
+    table = pads.dataset(files, format="parquet").to_table(columns=wanted)
     errors = table.column(error_col).to_numpy(zero_copy_only=False)
     if table.column(error_col).null_count or not np.isin(errors.astype(float), (0.0, 1.0)).all():
         raise TableError(f"--error-col {error_col!r} must be 0/1 or true/false in every row")
@@ -91,8 +98,13 @@ def discover_table(path: str, embedding_col: str = "embedding", error_col: str =
                    with_rows: bool = False, progress: Callable[[str], None] = lambda _: None) -> dict:
     """Discovery on a table: groups, directions and (with a loss column) the diagnosis ensembles.
     ``with_rows``: each group and direction also lists its rows (positions in the table)."""
+    if out:
+        check_output(out)
     t0 = time.time()
-    data = read_table(path, embedding_col, error_col, class_col, loss_col, pred_col, features)
+    notes: list[str] = []  # skipped files, said once every check has passed
+    data = read_table(path, embedding_col, error_col, class_col, loss_col, pred_col, features, notes.append)
+    for note in notes:
+        progress(note)
     x, err, cls = data["embeddings"], data["errors"], data["classes"]
     progress(f"discovery over {len(err)} rows ({x.shape[1]}-d embeddings, {len(set(cls.tolist()))} classes, "
              f"error rate {err.mean():.3f})")

@@ -35,4 +35,9 @@ class UsageError(ValueError):
     """A command-line flag given a value it cannot take (one-line message naming the flag)."""
 
 
-USER_ERRORS = (SpecError, RunStoreError, TableError, TokenError, UsageError)
+class OutputError(ValueError):
+    """An output path that cannot be written (one-line message naming the path), found before the
+    work whose result it would hold starts."""
+
+
+USER_ERRORS = (SpecError, RunStoreError, TableError, TokenError, UsageError, OutputError)

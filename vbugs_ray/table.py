@@ -9,26 +9,33 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vbugs_ray.atomic import atomic_write_json
+from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.errors import TableError
 from vbugs_ray.raycluster import shard_runner
 from vbugs_ray.report import build_report
-from vbugs_ray.slices.parquet import parquet_counter, parquet_files, shard_pieces, spans_shards
+from vbugs_ray.slices.parquet import parquet_counter, shard_pieces, spans_shards
 from vbugs_ray.slices.search import run_search
 from vbugs_ray.slices.settings import SearchSettings
+from vbugs_ray.table_files import (check_features, check_loss_column, check_same_columns, read_schemas,
+                                   split_searchable, table_files)
 
 
-def _columns(path: str, error_col: str, loss_col: str | None, features: list[str] | None) -> tuple[list[str], list[str]]:
-    """The table's files and the feature columns to search, or a one-line TableError."""
-    try:
-        files = parquet_files(path)
-    except FileNotFoundError as exc:
-        raise TableError(str(exc)) from None
-    names = pq.read_schema(files[0]).names
+def _columns(path: str, error_col: str, loss_col: str | None, features: list[str] | None,
+             progress: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """The table's files and the feature columns to search, or a one-line TableError. Without
+    --features, list, struct and binary columns are left out (and named in a progress line)."""
+    files = table_files(path, progress)
+    schemas = read_schemas(files)
+    names = schemas[0].names
     for flag, column in (("--error-col", error_col), ("--loss-col", loss_col)):
         if column is not None and column not in names:
             raise TableError(f"{flag} {column!r} is not a column of {path}; columns: {', '.join(names)}")
-    features = features or [n for n in names if n not in (error_col, loss_col)]
+    check_loss_column(schemas[0], loss_col)
+    if features is None:
+        features, left_out = split_searchable(schemas[0], [n for n in names if n not in (error_col, loss_col)])
+        if left_out:
+            progress(f"columns left out of the search (lists, structs, binary: no values to slice on): "
+                     f"{', '.join(left_out)}")
     missing = [f for f in features if f not in names]
     if missing:
         raise TableError(f"--features {missing[0]!r} is not a column of {path}; columns: {', '.join(names)}")
@@ -36,8 +43,10 @@ def _columns(path: str, error_col: str, loss_col: str | None, features: list[str
         if column is not None and column in features:
             raise TableError(f"--features names the {flag} column {column!r}: a column cannot explain itself; "
                              "leave it out of --features")
+    check_features(schemas[0], features)
     if not features:
         raise TableError(f"{path} has no feature columns besides the error (and loss) column")
+    check_same_columns(files, schemas, [error_col, *([loss_col] if loss_col else []), *features])
     return files, features
 
 
@@ -126,8 +135,13 @@ def search_table(path: str, error_col: str, loss_col: str | None, features: list
                  positive: str | None = None) -> dict:
     """Search a Parquet file or folder; counts spread over Ray tasks past one shard of rows.
     Rows without an error value are left out of every count (``rows_missing_error``)."""
-    files, features = _columns(path, error_col, loss_col, features)
+    if out:
+        check_output(out)
+    notes: list[str] = []  # skipped files and columns, said once every check has passed
+    files, features = _columns(path, error_col, loss_col, features, notes.append)
     rows_missing_error = check_error_column(files, error_col, positive)
+    for note in notes:
+        progress(note)
     if rows_missing_error:
         progress(f"{rows_missing_error} rows have no --error-col {error_col!r} value: left out of every count")
     pieces = shard_pieces(files)

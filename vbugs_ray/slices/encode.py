@@ -34,6 +34,15 @@ def is_numeric(type_: pa.DataType) -> bool:
     return pa.types.is_floating(type_) or pa.types.is_integer(type_)
 
 
+def searchable(type_: pa.DataType) -> bool:
+    """Whether a column has values a predicate can name: not a list, struct or map (a run
+    store's ``top5``, an embedding) nor binary (its ``image_png``)."""
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    binary = pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_fixed_size_binary(type_)
+    return not (pa.types.is_nested(type_) or binary)
+
+
 def profile_table(table: pa.Table, features: Sequence[str], seed=0) -> dict:
     """Per feature: value -> count (categorical) or a random sample (numeric) of one table or shard."""
     out = {}

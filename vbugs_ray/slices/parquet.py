@@ -11,13 +11,13 @@ become small integer codes (an ``EncodedShard``), which stay wherever the runner
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from vbugs_ray.slices.counts import EncodedShard, LocalRunner, Runner, ShardCounter
@@ -27,17 +27,36 @@ SHARD_ROWS = 1_000_000
 Piece = tuple[tuple[str, tuple[int, ...]], ...]  # ((file, row groups), ...): one shard's rows
 
 
-def parquet_files(path: str | Path) -> list[str]:
-    """The Parquet files of a file or a directory (recursively; hidden and _ files skipped)."""
+BOOKKEEPING_PREFIXES = (".", "_")  # hidden files, _SUCCESS, .crc checksums, a run store's staging folders
+
+
+def data_files(path: str | Path) -> tuple[list[str], list[str]]:
+    """(data files, other files) of a table. A file given by name is the table. A folder's data
+    files are its ``*.parquet`` files, subfolders included, in path order; names starting with
+    ``.`` or ``_`` are bookkeeping (Spark's ``_SUCCESS``, checksums, a run store's staging
+    folders) and left out unsaid; any other file is returned second, for the caller to name as
+    skipped, so that a stray CSV or notes file neither breaks the read nor goes unnoticed."""
     path = Path(path)
     if path.is_file():
-        return [str(path)]
+        return [str(path)], []
     if not path.is_dir():
         raise FileNotFoundError(f"no Parquet file or directory at {path}")
-    files = sorted(pads.dataset(str(path), format="parquet").files)
+    files: list[str] = []
+    others: list[str] = []
+    for root, folders, names in os.walk(path):
+        folders[:] = [f for f in folders if not f.startswith(BOOKKEEPING_PREFIXES)]
+        for name in names:
+            if not name.startswith(BOOKKEEPING_PREFIXES):
+                (files if name.lower().endswith(".parquet") else others).append(os.path.join(root, name))
     if not files:
-        raise FileNotFoundError(f"{path} holds no Parquet files")
-    return files
+        held = ", ".join(sorted(Path(f).name for f in others)[:3]) + (", ..." if len(others) > 3 else "")
+        raise FileNotFoundError(f"{path} holds no *.parquet files" + (f" (only {held})" if others else ""))
+    return sorted(files), sorted(others)
+
+
+def parquet_files(path: str | Path) -> list[str]:
+    """The Parquet files of a file or a folder, by the rule of ``data_files``."""
+    return data_files(path)[0]
 
 
 def shard_pieces(files: Sequence[str], target_rows: int = SHARD_ROWS) -> list[Piece]:
@@ -87,7 +106,8 @@ def _read(piece: Piece, columns: list[str], valid_col: str | None = None, error_
         text = [c for c in columns if not is_numeric(schema.field(c).type) and not pa.types.is_boolean(schema.field(c).type)]
         handle = pq.ParquetFile(file, read_dictionary=text)
         parts.append(handle.read_row_groups(list(groups), columns=wanted))
-    table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    # files may differ in width (int32 in one, int64 in another: the table checks allow it)
+    table = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
     keep = _rows_that_count(table, valid_col, error_col)
     return table.select(columns) if keep is None else table.filter(keep).select(columns)
 
