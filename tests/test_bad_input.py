@@ -1,6 +1,7 @@
 """Mistakes that used to pass unseen: NaN or infinity in a spec or a search flag, a key given
-twice in a spec file, and NaN in the JSON the project writes. Each is one line on stderr and
-exit status 2, or strict JSON with null."""
+twice in a spec file, and NaN in the JSON the project writes; and spec files that used to stop
+with a traceback: not UTF-8, a grid too large for memory, a seed out of range, an unsafe YAML
+tag, an empty file. Each is one line on stderr and exit status 2, or strict JSON with null."""
 
 import json
 import subprocess
@@ -187,3 +188,162 @@ def test_learn_tokens_refuses_a_learning_rate_that_is_not_a_number(tmp_path):
                   "--out", str(tmp_path / "t.safetensors"), "--lr", "nan")
     line = _one_line_error(done)
     assert "--lr: must be a finite number; got nan" in line, line
+
+
+# -- spec files that stopped with a traceback ----------------------------------------------
+
+DEFAULT_TEXT = DEFAULT_SPEC.read_text()
+SEED_LINE = 1 + DEFAULT_TEXT.splitlines().index("seed: 0")
+
+
+def _dump(spec_dict: dict) -> bytes:
+    return yaml.safe_dump(spec_dict, sort_keys=False, allow_unicode=True).encode()
+
+
+def _with(path: str, value):
+    """The default spec mapping with ``path`` set to ``value``, as file bytes."""
+    return lambda d: _set(d, path, value).encode()
+
+
+def _text_with(old: str, new: str):
+    """The default spec file with one line changed, as bytes."""
+    assert old in DEFAULT_TEXT
+    return lambda d: DEFAULT_TEXT.replace(old, new).encode()
+
+
+def _many_cells(d: dict) -> bytes:
+    """Nine axes of ten values: 6 x 10**9 cells."""
+    d["axes"] = {f"axis{i}": [f"v{j}" for j in range(10)] for i in range(9)}
+    d["prompt"] = "a {class} " + " ".join(f"{{axis{i}}}" for i in range(9))
+    return _dump(d)
+
+
+def _edge_specs():
+    """case -> (spec file bytes from the default spec mapping, the field the error must name, words)."""
+    long_key = {"search": {"k" * 5000: 1}}
+    return {
+        # not UTF-8
+        "latin1": (lambda d: _dump(dict(d, name="café")).decode().encode("latin-1"), "<file>",
+                   "is not UTF-8 text (byte 0xe9 at offset 9, line 1); save it as UTF-8"),
+        "utf16_bom": (lambda d: _dump(d).decode().encode("utf-16"), "<file>", "is UTF-16 text"),
+        "binary": (lambda d: bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)), "<file>",
+                   "is not UTF-8 text (byte 0x"),
+        # the grid must fit in memory
+        "budget_10_12": (_with("budget", 10**12), "budget", "must be <= 100000000; got 1000000000000"),
+        "budget_2_70": (_with("budget", 2**70), "budget", "must be <= 100000000; got 1180591620717411303424"),
+        "budget_1e12_text": (_text_with("budget: 7200", "budget: 1e12"), "budget",
+                             "expected an integer; got '1e12' (YAML reads 1e12 as text; write 1000000000000)"),
+        "images_per_cell": (_text_with("budget: 7200", "images_per_cell: 1000000"), "images_per_cell",
+                            "in each of 720 cells make 720000000 rows; at most 100000000"),
+        "cells": (_many_cells, "axes", "make 6000000000 cells; at most 100000000"),
+        # seeds: 0 to 2**32 - 1 (numpy's and scikit-learn's range)
+        "seed_2_64": (_with("seed", 2**64), "seed", "must be an integer from 0 to 4294967295; got 18446744073709551616"),
+        "seed_2_32": (_with("seed", 2**32), "seed", "must be an integer from 0 to 4294967295; got 4294967296"),
+        "seed_negative": (_with("seed", -1), "seed", "must be an integer from 0 to 4294967295; got -1"),
+        "backend_seed": (_with("classifier.options.seed", 2**64), "classifier.options.seed",
+                         "must be an integer from 0 to 4294967295"),
+        "integer_past_64_bits": (_with("classifier.options.epochs", 2**70), "classifier.options.epochs",
+                                 "must fit in 64 bits"),
+        # a field of the wrong type
+        "ray_address_number": (_with("run.ray_address", 6379), "run.ray_address",
+                               "expected a non-empty string; got 6379"),
+        "ray_address_list": (_with("run.ray_address", ["a", "b"]), "run.ray_address",
+                             "expected a non-empty string; got ['a', 'b']"),
+        "dtype_list": (_with("classifier.dtype", ["fp16"]), "classifier.dtype", "expected float32, float16"),
+        # tags that safe_load does not build
+        "python_object": (_text_with("seed: 0", "seed: !!python/object/apply:os.system [echo hi]"), "seed",
+                          f"unsafe YAML tag !!python/object/apply:os.system at line {SEED_LINE}; "
+                          f"a spec holds plain data: remove the tag"),
+        "python_name": (_text_with("seed: 0", "seed: !!python/name:os.system"), "seed",
+                        f"unsafe YAML tag !!python/name:os.system at line {SEED_LINE}"),
+        "unknown_tag": (_text_with("seed: 0", "seed: !seed 1"), "seed", f"unknown YAML tag !seed at line {SEED_LINE}"),
+        # nothing in the file
+        "empty": (lambda d: b"", "<file>", "the spec is empty"),
+        "comments_only": (lambda d: b"# an audit\n\n   # to come\n", "<file>", "the spec is empty"),
+        # long values are cut, keys with line breaks escaped
+        "long_value": (_with("sampling", "x" * 5000), "sampling", "unknown value 'xxxxxxxx"),
+        "long_key": (lambda d: _dump({**d, **long_key}), "search.kkkkkkkk", "unknown key; allowed: alpha"),
+        "newline_key": (lambda d: _dump({**d, "a\nb": 1}), "a\\nb", "unknown key"),
+        # YAML that PyYAML reads but Python cannot build, or that refers to itself
+        "huge_integer_text": (_text_with("seed: 0", "seed: " + "9" * 5000), "seed",
+                              f"YAML cannot read the value at line {SEED_LINE}"),
+        "self_alias": (_text_with("seed: 0", "seed: &s [1, *s]"), "seed[1]", "refers to itself"),
+        "prompt_format": (_with("prompt", "a {colour:d} {class} on {background} {lighting}"), "prompt",
+                          "not a valid template (Unknown format code 'd'"),
+    }
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("case", sorted(_edge_specs()))
+def test_a_spec_file_that_used_to_stop_with_a_traceback_is_one_line(case, spec_dict, tmp_path):
+    """In process (what `vbugs validate` runs) and from the command line: one line naming the
+    field, under 300 characters, with no traceback."""
+    from vbugs_ray.cli import validate
+    from vbugs_ray.errors import SpecError
+
+    write, field, words = _edge_specs()[case]
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(write(spec_dict))
+    with pytest.raises(SpecError) as err:
+        validate(str(spec))
+    message = str(err.value)
+    assert message.startswith(f"spec field '{field}") and words in message, message
+    assert "\n" not in message and len(message) < 300, message
+    line = _one_line_error(_vbugs("validate", str(spec)))
+    assert line == f"vbugs: error: {message}"
+
+
+def test_long_values_are_cut_in_error_lines(spec_dict):
+    from vbugs_ray.errors import SpecError, quote
+
+    assert quote("x" * 5000) == "'" + "x" * 56 + "..." and quote("short") == "'short'"
+    assert quote(list(range(1000))).endswith("...") and len(quote(list(range(1000)))) == 60
+    spec_dict["run"]["ray_address"] = ["head:6379"] * 500
+    with pytest.raises(SpecError, match=r"got \['head:6379', .{30,}\.\.\.$"):
+        parse_spec(spec_dict)
+
+
+def test_the_limits_themselves_are_allowed(spec_dict):
+    """The largest budget and seed pass; one more is refused."""
+    from vbugs_ray.errors import SpecError
+    from vbugs_ray.fields import SEED_MAX
+    from vbugs_ray.spec import MAX_ROWS
+
+    spec_dict.update(budget=MAX_ROWS, seed=SEED_MAX)
+    assert (parse_spec(spec_dict).budget, parse_spec(spec_dict).seed) == (MAX_ROWS, 2**32 - 1)
+    for key, value in (("budget", MAX_ROWS + 1), ("seed", SEED_MAX + 1)):
+        with pytest.raises(SpecError, match=f"spec field '{key}'"):
+            parse_spec(dict(spec_dict, **{key: value}))
+
+
+def test_the_largest_seed_reaches_every_seeded_step():
+    """A spec seed of 2**32 - 1 works in each place the seed goes: the grid's and verification's
+    row seeds, numpy generators, and scikit-learn (failure groups, directions, the diagnosis
+    ensemble), whose seeds stop at 2**32 - 1."""
+    from vbugs_ray.discover import DiagnosisEnsemble, failure_directions, failure_groups
+    from vbugs_ray.fields import SEED_MAX
+    from vbugs_ray.grid import row_seeds
+    from vbugs_ray.verify.plan import fresh_seeds
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8))
+    classes = np.repeat(np.array(["a", "b"]), 200)
+    errors = rng.random(400) < np.where(x[:, 0] > 0.5, 0.8, 0.1)
+    seeds = row_seeds(SEED_MAX, np.arange(4), np.arange(4))
+    assert seeds.min() >= 0 and seeds.max() < 2**31
+    assert len(fresh_seeds(SEED_MAX, "0:key", 5, set())) == 5
+    np.random.default_rng([SEED_MAX, 77])
+    failure_groups(x, errors, classes, np.where(errors, "b", classes), seed=SEED_MAX, max_k=2)
+    failure_directions(x, errors, classes, seed=SEED_MAX)
+    DiagnosisEnsemble(members=2, max_rows=100, seed=SEED_MAX).fit(x, x[:, 0])
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("args", [
+    ["discover", "--table", "t.parquet", "--seed", "-1"],
+    ["learn-tokens", "--model", "m", "--images", ".", "--token", "<t>", "--init-word", "fish", "--out", "t.st",
+     "--seed", str(2**64)],
+])
+def test_a_seed_flag_out_of_range_is_one_line(args):
+    line = _one_line_error(_vbugs(*args))
+    assert "--seed: must be an integer from 0 to 4294967295" in line, line

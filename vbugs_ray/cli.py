@@ -9,7 +9,7 @@ import sys
 
 from vbugs_ray.atomic import check_output
 from vbugs_ray.errors import USER_ERRORS, SpecError, TokenError, UsageError
-from vbugs_ray.fields import check_field
+from vbugs_ray.fields import check_field, check_seed
 from vbugs_ray.jsontext import to_json
 from vbugs_ray.slices.settings import FDR_PROCEDURES, PRUNE_MODES, SearchSettings
 from vbugs_ray.spec import DEFAULT_SPEC, load_spec
@@ -134,9 +134,18 @@ def _diagnose(args) -> int:
     return 0
 
 
+def _seed_flag(seed: int, error: type[Exception]) -> None:
+    """``--seed`` in the range every seed meets (numpy's and scikit-learn's), or ``error`` naming it."""
+    try:
+        check_seed(seed, "--seed")
+    except SpecError as exc:
+        raise error(f"--seed: {exc.message}") from None
+
+
 def _discover(args) -> int:
     from vbugs_ray.discover_table import discover_table
 
+    _seed_flag(args.seed, UsageError)
     result = discover_table(args.table, args.embedding_col, args.error_col, args.class_col or None, args.loss_col,
                             args.pred_col, args.features.split(",") if args.features else None, args.out,
                             args.seed, args.with_rows, progress=_log)
@@ -191,6 +200,7 @@ def _learn_tokens(args) -> int:
     for name in ("steps", "batch_size"):
         if getattr(args, name) < 1:
             raise TokenError(f"--{name.replace('_', '-')}: must be >= 1")
+    _seed_flag(args.seed, TokenError)
     for name in ("lr", "weight_decay"):
         if not math.isfinite(getattr(args, name)):
             raise TokenError(f"--{name.replace('_', '-')}: must be a finite number; got {getattr(args, name)!r}")
@@ -201,14 +211,20 @@ def _learn_tokens(args) -> int:
     return 0
 
 
-def _validate(args) -> int:
+def validate(path: str) -> dict:
+    """What ``vbugs validate PATH`` checks and prints: the spec file read and checked, its
+    backends and their options checked, its grid built. A mistake raises one of USER_ERRORS."""
     from vbugs_ray.grid import build_grid, n_cells
     from vbugs_ray.roles.registry import validate_backends
 
-    spec = load_spec(args.spec)
+    spec = load_spec(path)
     validate_backends(spec)
     grid = build_grid(spec)
-    print(to_json({"name": spec.name, "cells": n_cells(spec), "rows": grid.num_rows}, indent=None))
+    return {"name": spec.name, "cells": n_cells(spec), "rows": grid.num_rows}
+
+
+def _validate(args) -> int:
+    print(to_json(validate(args.spec), indent=None))
     return 0
 
 

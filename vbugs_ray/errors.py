@@ -7,11 +7,37 @@ another layer.
 
 from __future__ import annotations
 
+from typing import Any
+
+QUOTE_CHARS = 60  # a value quoted in an error line is cut to this many characters
+FIELD_CHARS = 60  # and a field path (a key can be any text) to this many
+MESSAGE_CHARS = 220  # a whole message, as a last resort: values are quoted short before this
+
+
+def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)`` for an error line: one line, cut to ``limit`` characters with "..."."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print (Python's 4300-digit limit)
+        text = "<an integer too long to print>"
+    return _cut(one_line(text), limit)
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters written as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class SpecError(ValueError):
-    """A spec mistake; ``str()`` is one line naming the field."""
+    """A spec mistake; ``str()`` is one line naming the field. The field (a key may be any text)
+    and the message are made one line and cut, so no spec can make the error line long."""
 
     def __init__(self, field_path: str, message: str):
+        field_path, message = _cut(one_line(str(field_path)), FIELD_CHARS), _cut(one_line(message), MESSAGE_CHARS)
         self.field, self.message = field_path, message
         super().__init__(f"spec field '{field_path}': {message}")
 

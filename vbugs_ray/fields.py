@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, quote
 
 
 class _Required:
@@ -27,6 +27,8 @@ class _Required:
 
 
 REQUIRED: Any = _Required()
+INT_LIMIT = 2**63  # an integer option past a 64-bit integer reaches no array or tensor (2**70 epochs...)
+SEED_MAX = 2**32 - 1  # a seed reaches numpy and scikit-learn, whose seeds are 32-bit: 0 to 4294967295
 _KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a non-empty string",
                dict: "a mapping", list: "a list"}
 
@@ -49,23 +51,49 @@ class Rule:
             return self.parse(value, where)
         if self.choices is not None:
             if value not in self.choices:
-                raise SpecError(where, f"unknown value {value!r}; allowed: {', '.join(map(str, self.choices))}")
+                raise SpecError(where, f"unknown value {quote(value)}; allowed: {', '.join(map(str, self.choices))}")
             return value
         if self.kind is None:
             return value
         if not _is_kind(value, self.kind):
             extra = f" ({self.doc})" if self.doc else ""
-            raise SpecError(where, f"expected {_KIND_NAMES[self.kind]}{extra}; got {value!r}")
+            hint = _as_number(value, self.kind)
+            raise SpecError(where, f"expected {_KIND_NAMES[self.kind]}{extra}; got {quote(value)}{hint}")
         if self.kind in (int, float):
-            value = self.kind(value)
+            try:
+                value = self.kind(value)
+            except OverflowError:  # an integer past the largest float
+                raise SpecError(where, f"must be a finite number; got {quote(value)}") from None
             check_finite(value, where)
             if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-                raise SpecError(where, f"must be {'>' if self.low_open else '>='} {self.low:g}; got {value!r}")
+                sign = ">" if self.low_open else ">="
+                raise SpecError(where, f"must be {sign} {_number(self.low)}; got {quote(value)}")
             if self.high is not None and value > self.high:
-                raise SpecError(where, f"must be <= {self.high:g}; got {value!r}")
+                raise SpecError(where, f"must be <= {_number(self.high)}; got {quote(value)}")
             if self.multiple and value % self.multiple:
-                raise SpecError(where, f"must be a multiple of {self.multiple}; got {value!r}")
+                raise SpecError(where, f"must be a multiple of {self.multiple}; got {quote(value)}")
+            if self.kind is int and self.high is None and not -INT_LIMIT <= value < INT_LIMIT:
+                raise SpecError(where, f"must fit in 64 bits (at most {INT_LIMIT - 1}); got {quote(value)}")
         return value
+
+
+def _as_number(value: Any, kind: type) -> str:
+    """A hint when YAML read a number as text: YAML 1.1 takes ``1e12`` and ``5e-2`` (no point) for strings."""
+    if kind not in (int, float) or not isinstance(value, str) or len(value) > 30:
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    written = str(int(number)) if kind is int and number.is_integer() else repr(number)
+    return f" (YAML reads {value} as text; write {written})"
+
+
+def _number(bound: float) -> str:
+    """A bound as a spec would write it: 4294967295, not 4.29497e+09; 0.5 as 0.5."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def _is_kind(value: Any, kind: type) -> bool:
@@ -93,11 +121,18 @@ def check_value(value: Any, where: str, **rule: Any) -> Any:
     return Rule(**rule).check(value, where)
 
 
+def check_seed(value: Any, where: str) -> int:
+    """A seed: an integer from 0 to SEED_MAX (a seed of the spec, or of a backend's training)."""
+    if not (_is_kind(value, int) and 0 <= value <= SEED_MAX):
+        raise SpecError(where, f"must be an integer from 0 to {SEED_MAX}; got {quote(value)}{_as_number(value, int)}")
+    return value
+
+
 def check_finite(value: Any, where: str) -> None:
     """A float must be a number: NaN passes every bound check (all comparisons are false) and
     infinity most, so either would quietly flag nothing or everything."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise SpecError(where, f"must be a finite number; got {value!r}")
+        raise SpecError(where, f"must be a finite number; got {quote(value)}")
 
 
 def check_all_finite(data: Any, where: str = "") -> None:

@@ -11,8 +11,10 @@ run (``vbugs slices RUN_DIR``) does not need.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
+import math
 import re
 import string
 from dataclasses import dataclass
@@ -21,8 +23,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from vbugs_ray.errors import SpecError
-from vbugs_ray.fields import REQUIRED, check_all_finite, check_value, option, parse_options
+from vbugs_ray.errors import SpecError, quote
+from vbugs_ray.fields import REQUIRED, check_all_finite, check_seed, check_value, option, parse_options
 from vbugs_ray.slices.settings import SearchSettings
 from vbugs_ray.verify.settings import VerifySettings
 
@@ -32,17 +34,21 @@ SAMPLING_RULES = ("balanced", "random")
 EXECUTORS = ("ray", "local")
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                "bfloat16": "bfloat16", "bf16": "bfloat16"}
+MAX_ROWS = 100_000_000
+"""The most rows (images) one audit's grid may hold, and so the largest ``budget``: the grid is
+built in memory before any image is made, at about 300 bytes a row at its peak (some 30 GB at the limit)."""
+MAX_YAML_VALUES = 1_000_000  # values a spec file may stand for once its YAML aliases are expanded
 
 
 def _dtype(value: Any, where: str) -> str:
-    if value not in DTYPE_NAMES:
-        raise SpecError(where, f"expected float32, float16 or bfloat16 (fp32, fp16, bf16); got {value!r}")
+    if not isinstance(value, str) or value not in DTYPE_NAMES:
+        raise SpecError(where, f"expected float32, float16 or bfloat16 (fp32, fp16, bf16); got {quote(value)}")
     return DTYPE_NAMES[value]
 
 
 def _device(value: Any, where: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-        raise SpecError(where, f"expected auto, cpu, cuda or cuda:N; got {value!r}")
+        raise SpecError(where, f"expected auto, cpu, cuda or cuda:N; got {quote(value)}")
     return value
 
 
@@ -202,9 +208,10 @@ def _parse_filter(data: Any, n_classes: int) -> FilterSpec | None:
         return None
     spec = parse_options(FilterSpec, data, "filter")
     if "{class}" not in spec.class_prompt:
-        raise SpecError("filter.class_prompt", f"must contain {{class}}; got {spec.class_prompt!r}")
+        raise SpecError("filter.class_prompt", f"must contain {{class}}; got {quote(spec.class_prompt)}")
     if "{phrase}" not in spec.shift_prompt:
-        raise SpecError("filter.shift_prompt", f"must contain {{phrase}} (an axis value's words); got {spec.shift_prompt!r}")
+        raise SpecError("filter.shift_prompt",
+                        f"must contain {{phrase}} (an axis value's words); got {quote(spec.shift_prompt)}")
     if spec.class_top_k is not None and spec.class_top_k > n_classes:
         raise SpecError("filter.class_top_k", f"must be <= {n_classes} (the number of classes); got {spec.class_top_k}")
     if spec.class_top_k is None and spec.min_class_similarity is None and spec.min_shift_similarity is None:
@@ -224,11 +231,31 @@ def _check_prompt(template: str, classes: tuple[str, ...], axes: tuple[Axis, ...
     missing = [n for n in ["class", *[a.name for a in axes]] if n not in names]
     if missing:
         raise SpecError("prompt", f"template does not mention {{{missing[0]}}}; every axis and the class must be in the prompt")
+    try:  # a format spec or conversion ({class:d}, {class!x}) fails only when the grid is built
+        template.format(**{name: "words" for name in allowed})
+    except ValueError as exc:
+        raise SpecError("prompt", f"not a valid template ({exc}); write placeholders as {{class}} or {{axis}}, "
+                                  f"with no format spec or conversion")
+
+
+def _check_grid_size(classes: tuple[str, ...], axes: tuple[Axis, ...], per_cell: int | None) -> None:
+    """The grid fits in memory: at most MAX_ROWS cells, and at most MAX_ROWS rows in all (the
+    budget's own bound is checked with its type)."""
+    cells = len(classes) * math.prod(len(a.values) for a in axes)
+    if cells > MAX_ROWS:
+        raise SpecError("axes", f"the classes and axes make {cells} cells; at most {MAX_ROWS} (the most rows a grid "
+                                f"holds): use fewer axes or values")
+    if per_cell is not None and per_cell * cells > MAX_ROWS:
+        raise SpecError("images_per_cell", f"{per_cell} images in each of {cells} cells make {per_cell * cells} rows; "
+                                           f"at most {MAX_ROWS} (the most rows a grid holds)")
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
     """Validate a spec mapping (as loaded from YAML) into an AuditSpec. Backends are not
     looked at: see ``roles.registry.validate_backends``."""
+    if data is None:
+        raise SpecError("<top>", "the spec is empty; give at least classes, axes, prompt, generator, classifier and "
+                                 "embedder (see jobs/toyworld.yaml)")
     if not isinstance(data, Mapping):
         raise SpecError("<top>", f"expected a mapping with keys {', '.join(AuditSpec.TOP_FIELDS)}; got {type(data).__name__}")
     for key in data:
@@ -249,9 +276,10 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
     if per_cell is not None and budget is not None:
         raise SpecError("budget", "give either images_per_cell or budget, not both")
     if per_cell is not None:
-        per_cell = check_value(per_cell, "images_per_cell", kind=int, low=0, low_open=True)
+        per_cell = check_value(per_cell, "images_per_cell", kind=int, low=0, low_open=True, high=MAX_ROWS)
     if budget is not None:
-        budget = check_value(budget, "budget", kind=int, low=0, low_open=True)
+        budget = check_value(budget, "budget", kind=int, low=0, low_open=True, high=MAX_ROWS)
+    _check_grid_size(classes, axes, per_cell)
     sampling = check_value(data.get("sampling", "balanced"), "sampling", choices=SAMPLING_RULES)
 
     run = parse_options(RunSpec, data.get("run"), "run")
@@ -274,7 +302,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
         images_per_cell=per_cell,
         budget=budget,
         sampling=sampling,
-        seed=check_value(data.get("seed", 0), "seed", kind=int, low=0),
+        seed=check_seed(data.get("seed", 0), "seed"),
         filter=_parse_filter(data.get("filter"), len(classes)),
         search=SearchSettings.parse(data.get("search")),
         verify=VerifySettings.parse(data.get("verify")),
@@ -289,48 +317,148 @@ def load_spec(path: str | Path) -> AuditSpec:
     path = Path(path)
     if not path.is_file():
         raise SpecError("<file>", f"no spec file at {path}")
+    text = _spec_text(path)
     try:
-        data = _read_yaml(path.read_text())
+        data = _read_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError("<file>", f"{path} is not valid YAML{where}") from None
+        raise SpecError("<file>", f"{path} is not valid YAML{_yaml_problem(exc, text)}") from None
+    except RecursionError:
+        raise SpecError("<file>", f"{path} nests lists or mappings too deeply to read") from None
+    if data is None:
+        raise SpecError("<file>", f"the spec is empty: {path} holds no YAML, only blank lines or comments")
     return parse_spec(data, source=str(path))
 
 
+def _spec_text(path: Path) -> str:
+    """The file's text, or a SpecError naming the file if it is not UTF-8 (a UTF-8 BOM is dropped)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError("<file>", f"cannot read {path} ({exc.strerror})") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise SpecError("<file>", f"{path} is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SpecError("<file>", f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, "
+                                  f"line {line}); save it as UTF-8") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """Where and what PyYAML found, for the end of an error line: " at line 3: found ..."."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (a NUL, a control code)
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f" at line {line}: it holds the control character 0x{code:02x}; remove it"
+    mark = getattr(exc, "problem_mark", None)
+    problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+    if problem and context and problem.startswith("but "):  # "expected a single document ..., but found another"
+        problem = f"{context}, {problem}"
+    return (f" at line {mark.line + 1}" if mark else "") + (f": {problem}" if problem else "")
+
+
 def _read_yaml(text: str) -> Any:
-    """YAML as ``yaml.safe_load`` reads it, but a key given twice in one mapping is a SpecError
-    (safe_load keeps the last silently: a second ``budget:`` would change the run unseen)."""
+    """YAML as ``yaml.safe_load`` reads it, but the composed nodes are checked first (see
+    ``_check_nodes``): a key given twice in one mapping, a tag that names a Python object, an
+    alias inside its own anchor, or aliases that expand past MAX_YAML_VALUES is a SpecError."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        _refuse_duplicate_keys(node, "", set())
-        return loader.construct_document(node)
+        _check_nodes(node, "", {}, set())
+        try:
+            return loader.construct_document(node)
+        except (ValueError, OverflowError) as exc:  # a scalar PyYAML matched but Python cannot build
+            raise _unbuildable_scalar(node, exc) from None
     finally:
         loader.dispose()
 
 
-def _refuse_duplicate_keys(node: yaml.Node, where: str, seen: set[int]) -> None:
-    """Walk the composed YAML (before any value is built) so the error can name the key's path
-    and both lines. ``seen``: nodes visited, as an alias may point back at its parent."""
-    if id(node) in seen:
-        return
-    seen.add(id(node))
+_SAFE_TAGS = {tag for tag in yaml.SafeLoader.yaml_constructors if tag is not None} | {
+    "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"}  # the keys << and =, read while building mappings
+
+
+def _check_nodes(node: yaml.Node, where: str, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Walk the composed YAML (before any value is built) so that an error can name the key's
+    path and lines. Returns how many values ``node`` stands for once aliases are expanded;
+    ``sizes`` holds that for nodes done (an alias shares its anchor's node), ``open_nodes`` the
+    nodes being walked (an alias to one of them is a loop)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise SpecError(where or "<top>", f"refers to itself (an alias inside its anchor at line "
+                                          f"{node.start_mark.line + 1}); write the value out")
+    _check_tag(node, where)
+    open_nodes.add(id(node))
+    size = 1
     if isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _refuse_duplicate_keys(item, f"{where}[{i}]", seen)
+            size += _check_nodes(item, f"{where}[{i}]", sizes, open_nodes)
     elif isinstance(node, yaml.MappingNode):
         first_line: dict[str, int] = {}  # key -> the line it was first given on
         for key_node, value_node in node.value:
             key = str(key_node.value)
             path, line = f"{where}.{key}" if where else key, key_node.start_mark.line + 1
+            _check_tag(key_node, path)
             if isinstance(key_node, yaml.ScalarNode):
                 if key in first_line:
                     raise SpecError(path, f"given twice (lines {first_line[key]} and {line}); keep one")
                 first_line[key] = line
-            _refuse_duplicate_keys(value_node, path, seen)
+            size += 1 + _check_nodes(value_node, path, sizes, open_nodes)
+    open_nodes.discard(id(node))
+    if size > MAX_YAML_VALUES:
+        raise SpecError(where or "<top>", f"stands for more than {MAX_YAML_VALUES} values once its YAML aliases are "
+                                          f"expanded; a spec is far smaller")
+    sizes[id(node)] = size
+    return size
+
+
+def _check_tag(node: yaml.Node, where: str) -> None:
+    """Only the tags ``yaml.safe_load`` builds: ``!!python/object...`` would run code in a full
+    loader and stops safe_load with "could not determine a constructor"; say what it is instead."""
+    if node.tag in _SAFE_TAGS:
+        return
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    kind = "unsafe" if tag.startswith("!!python/") else "unknown"
+    tag = tag if len(tag) <= 60 else tag[:57] + "..."
+    raise SpecError(where or "<top>", f"{kind} YAML tag {tag} at line {node.start_mark.line + 1}; "
+                                      f"a spec holds plain data: remove the tag")
+
+
+def _unbuildable_scalar(node: yaml.Node, exc: Exception) -> SpecError:
+    """The error for the first scalar under ``node`` that Python cannot build (an integer of
+    5000 digits, a date in month 13), naming its path and line."""
+    loader = yaml.SafeLoader("")
+    try:
+        for where, scalar in _scalars(node, "", set()):
+            try:
+                loader.construct_object(scalar)
+            except (ValueError, OverflowError) as scalar_exc:
+                reason = str(scalar_exc).split(":")[0]
+                return SpecError(where or "<top>", f"YAML cannot read the value at line {scalar.start_mark.line + 1} "
+                                                   f"({reason}); write it differently")
+    finally:
+        loader.dispose()
+    return SpecError("<file>", f"cannot be read ({exc})")
+
+
+def _scalars(node: yaml.Node, where: str, seen: set[int]):
+    """(path, node) of every scalar under ``node``, keys included, in file order."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        yield where, node
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _scalars(item, f"{where}[{i}]", seen)
+    elif isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = f"{where}.{key_node.value}" if where else str(key_node.value)
+            yield from _scalars(key_node, path, seen)
+            yield from _scalars(value_node, path, seen)
 
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "jobs" / "toyworld.yaml"

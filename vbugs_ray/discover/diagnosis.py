@@ -56,7 +56,7 @@ class DiagnosisEnsemble:
         # batches no larger than the rows left after early stopping's 10% validation split
         return MLPRegressor(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, batch_size=max(1, min(256, int(rows * 0.9))),
                             learning_rate_init=3e-3, early_stopping=True, n_iter_no_change=5, max_iter=200,
-                            random_state=self.seed * 1000 + index)
+                            random_state=(self.seed * 1000 + index) % 2**32)  # sklearn: < 2**32
 
     def fit(self, embeddings: np.ndarray, losses: np.ndarray) -> DiagnosisEnsemble:
         """Hold out a share, fit each member on a bootstrap resample of the rest, score the mean."""

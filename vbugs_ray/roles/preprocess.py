@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, quote
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,21 +67,21 @@ def preprocess_settings(raw: Any, field: str) -> dict:
     size = raw.get("size")
     sizes = size if isinstance(size, list) else [size, size]
     if len(sizes) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
-        raise SpecError(f"{field}.size", f"expected a positive integer or [height, width]; got {size!r}")
+        raise SpecError(f"{field}.size", f"expected a positive integer or [height, width]; got {quote(size)}")
     crop_pct = raw.get("crop_pct", 0.875)
     if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
-        raise SpecError(f"{field}.crop_pct", f"expected a fraction in (0, 1]; got {crop_pct!r}")
+        raise SpecError(f"{field}.crop_pct", f"expected a fraction in (0, 1]; got {quote(crop_pct)}")
     resize = raw.get("resize", math.floor(min(sizes) / crop_pct))
     if isinstance(resize, bool) or not isinstance(resize, int) or resize < min(sizes):
-        raise SpecError(f"{field}.resize", f"expected an integer >= the crop size; got {resize!r}")
+        raise SpecError(f"{field}.resize", f"expected an integer >= the crop size; got {quote(resize)}")
     interpolation = raw.get("interpolation", "bilinear")
     if interpolation not in INTERPOLATIONS:
-        raise SpecError(f"{field}.interpolation", f"expected one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}")
+        raise SpecError(f"{field}.interpolation", f"expected one of {', '.join(INTERPOLATIONS)}; got {quote(interpolation)}")
     out = {"size": sizes, "resize": resize, "interpolation": interpolation}
     for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
         value = raw.get(key, list(default))
         if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)):
-            raise SpecError(f"{field}.{key}", f"expected three numbers (one per RGB channel); got {value!r}")
+            raise SpecError(f"{field}.{key}", f"expected three numbers (one per RGB channel); got {quote(value)}")
         out[key] = value
     return out
 

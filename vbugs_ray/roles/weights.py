@@ -9,7 +9,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable
 
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, quote
 
 
 def read_tensors(path: str, field: str, what: str = "weights file", hint: str = "") -> Any:
@@ -66,7 +66,7 @@ def check_pretrained_source(value: Any, field: str, example: str, marker: str, k
 def import_callable(target: Any, field: str) -> Callable:
     """'package.module:attribute' -> the object."""
     if not isinstance(target, str) or ":" not in target:
-        raise SpecError(field, f"expected 'package.module:callable'; got {target!r}")
+        raise SpecError(field, f"expected 'package.module:callable'; got {quote(target)}")
     module, _, attr = target.partition(":")
     try:
         obj = importlib.import_module(module)

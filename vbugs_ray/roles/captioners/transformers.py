@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, quote
 from vbugs_ray.fields import REQUIRED, option
 from vbugs_ray.roles.device import resolve_device, resolve_dtype
 from vbugs_ray.roles.weights import check_pretrained_source
@@ -76,7 +76,7 @@ class TransformersCaptioner:
             self.processor = AutoProcessor.from_pretrained(options.model, **kwargs)
             model = AutoModelForImageTextToText.from_pretrained(options.model, dtype=self.dtype, **kwargs)
         except (OSError, ValueError) as exc:
-            raise SpecError(f"{FIELD}.model", f"transformers could not load {options.model!r}: "
+            raise SpecError(f"{FIELD}.model", f"transformers could not load {quote(options.model)}: "
                             f"{str(exc).strip().splitlines()[0][:200]}") from None
         self.model = model.eval().to(self.device)
         self.prompt = options.prompt

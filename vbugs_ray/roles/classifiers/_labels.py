@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, quote
 
 
 def imagenet_names() -> list[str]:
@@ -98,7 +98,7 @@ def build_class_map(classes: Sequence[str], output_names: Sequence[str], mapping
         indices: list[int] = []
         for item in items:
             if isinstance(item, bool) or not isinstance(item, (int, str)):
-                raise SpecError(where, f"expected an output index or name; got {item!r}")
+                raise SpecError(where, f"expected an output index or name; got {quote(item)}")
             if isinstance(item, int):
                 if not 0 <= item < n_out:
                     raise SpecError(where, f"output index {item} out of range; the model has {n_out} outputs")
@@ -106,11 +106,11 @@ def build_class_map(classes: Sequence[str], output_names: Sequence[str], mapping
                 continue
             hits = _lookup(item, output_names)
             if not hits:
-                raise SpecError(where, f"no model output is named {item!r}; map the class to an output index, "
+                raise SpecError(where, f"no model output is named {quote(item)}; map the class to an output index, "
                                 f"a list of indices, or a name from the label list")
             if len(hits) > 1:
                 shown = ", ".join(f"{i} ({output_names[i]})" for i in hits[:4])
-                raise SpecError(where, f"{item!r} names several outputs ({shown}); map the class to indices")
+                raise SpecError(where, f"{quote(item)} names several outputs ({shown}); map the class to indices")
             indices.extend(hits)
         sets.append(sorted(set(indices)))
     seen: dict[int, str] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, quote
 from vbugs_ray.fields import REQUIRED, option
 from vbugs_ray.roles.classifiers._torch_image import (FIELD, TorchImageClassifier, class_map_for, class_map_option,
                                                       labels_option)
@@ -26,7 +26,7 @@ def check_model_name(name) -> None:
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-    raise SpecError(f"{FIELD}.model", f"unknown timm model {name!r}{hint}")
+    raise SpecError(f"{FIELD}.model", f"unknown timm model {quote(name)}{hint}")
 
 
 class TimmClassifier(TorchImageClassifier):
@@ -52,7 +52,7 @@ class TimmClassifier(TorchImageClassifier):
         try:
             model = timm.create_model(options.model, pretrained=options.pretrained and not options.checkpoint, **kwargs)
         except RuntimeError as exc:  # hub or config failures surface as RuntimeError in timm
-            raise SpecError(f"{FIELD}.model", f"timm could not build {options.model!r}: "
+            raise SpecError(f"{FIELD}.model", f"timm could not build {quote(options.model)}: "
                             f"{str(exc).splitlines()[0][:200]}") from None
         if options.checkpoint:
             load_into(model, options.checkpoint, f"{FIELD}.checkpoint")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, quote
 from vbugs_ray.fields import REQUIRED, option
 from vbugs_ray.roles.classifiers._torch_image import (FIELD, TorchImageClassifier, class_map_for, class_map_option,
                                                       labels_option)
@@ -28,13 +28,13 @@ def _weights(options):
     if name not in torchvision.models.list_models():
         close = difflib.get_close_matches(str(name), torchvision.models.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
-        raise SpecError(f"{FIELD}.model", f"unknown torchvision model {name!r}{hint}")
+        raise SpecError(f"{FIELD}.model", f"unknown torchvision model {quote(name)}{hint}")
     if options.weights is None:
         return None
     enum = torchvision.models.get_model_weights(name)
     member = str(options.weights).split(".")[-1]
     if member not in enum.__members__:
-        raise SpecError(f"{FIELD}.weights", f"{name} has no weights {options.weights!r}; "
+        raise SpecError(f"{FIELD}.weights", f"{name} has no weights {quote(options.weights)}; "
                         f"known: {', '.join(enum.__members__)}")
     return enum[member]
 

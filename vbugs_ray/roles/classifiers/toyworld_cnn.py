@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vbugs_ray.errors import SpecError
-from vbugs_ray.fields import option
+from vbugs_ray.errors import SpecError, quote
+from vbugs_ray.fields import check_seed, option
 from vbugs_ray.roles.classifiers._labels import ClassMap
 from vbugs_ray.toyworld import classifier as toy
 from vbugs_ray.toyworld import renderer
@@ -36,8 +36,8 @@ def _props(value, where: str, what: str) -> dict:
     for prop, val in value.items():
         if prop not in renderer.PROPERTIES:
             raise SpecError(f"{where}.{prop}", f"unknown property; known: {', '.join(renderer.PROPERTIES)}")
-        if val not in renderer.VOCABULARY[prop]:
-            raise SpecError(f"{where}.{prop}", f"unknown value {val!r}; known: {', '.join(renderer.VOCABULARY[prop])}")
+        if not isinstance(val, str) or val not in renderer.VOCABULARY[prop]:
+            raise SpecError(f"{where}.{prop}", f"unknown value {quote(val)}; known: {', '.join(renderer.VOCABULARY[prop])}")
     return dict(value)
 
 
@@ -46,7 +46,7 @@ def _fraction(value, field: str, closed_high: bool) -> float:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (
         0 < value <= 1 if closed_high else 0 <= value < 1)
     if not ok:
-        raise SpecError(field, f"expected a fraction in {'(0, 1]' if closed_high else '[0, 1)'}; got {value!r}")
+        raise SpecError(field, f"expected a fraction in {'(0, 1]' if closed_high else '[0, 1)'}; got {quote(value)}")
     return float(value)
 
 
@@ -107,9 +107,9 @@ def parse_bugs(raw, field: str = "classifier.options.bugs") -> list[toy.PlantedB
                 raise SpecError(f"{where}.where", "a mislabelled subgroup needs where.class (the class its images show)")
             if not isinstance(relabel, str) or relabel not in classes:
                 raise SpecError(f"{where}.relabel", f"expected the class to label the matching images as; "
-                                                    f"got {relabel!r}; known: {', '.join(classes)}")
+                                                    f"got {quote(relabel)}; known: {', '.join(classes)}")
             if relabel == cond["class"]:
-                raise SpecError(f"{where}.relabel", f"equals where.class ({relabel!r}): relabel to another class")
+                raise SpecError(f"{where}.relabel", f"equals where.class ({quote(relabel)}): relabel to another class")
             share = _fraction(item.get("share"), f"{where}.share", closed_high=True)
             bugs.append(toy.PlantedBug(where=cond, relabel=relabel, share=share))
     return bugs
@@ -128,7 +128,7 @@ class ToyWorldClassifier:
     class Options:
         train_images: int = option(10000, kind=int, low=100)
         epochs: int = option(6, kind=int, low=1)
-        seed: int = option(0, kind=int, low=0)
+        seed: int = option(0, parse=check_seed)
         bugs: list = option([], parse=parse_bugs)
 
     @classmethod
@@ -136,9 +136,11 @@ class ToyWorldClassifier:
         for i, bug in enumerate(options.bugs):
             cls_value = bug.where.get("class")
             if cls_value is not None and cls_value not in spec.classes:
-                raise SpecError(f"classifier.options.bugs[{i}].where.class", f"'{cls_value}' is not one of the spec's classes")
+                raise SpecError(f"classifier.options.bugs[{i}].where.class",
+                                f"{quote(cls_value)} is not one of the spec's classes")
             if bug.relabel is not None and bug.relabel not in spec.classes:
-                raise SpecError(f"classifier.options.bugs[{i}].relabel", f"'{bug.relabel}' is not one of the spec's classes")
+                raise SpecError(f"classifier.options.bugs[{i}].relabel",
+                                f"{quote(bug.relabel)} is not one of the spec's classes")
 
     @classmethod
     def prepare(cls, options, spec, progress=print) -> None:

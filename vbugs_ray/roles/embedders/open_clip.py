@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, quote
 from vbugs_ray.fields import REQUIRED, option
 from vbugs_ray.roles.embedders._open_clip_model import OpenCLIPModel
 
@@ -43,13 +43,13 @@ def check_model(options) -> None:
     if options.config:
         register_config(options.config)
     if not name.startswith("hf-hub:") and name not in open_clip.list_models():
-        raise SpecError(f"{FIELD}.model", f"unknown open_clip model {name!r}; see open_clip.list_models(), e.g. ViT-B-32")
+        raise SpecError(f"{FIELD}.model", f"unknown open_clip model {quote(name)}; see open_clip.list_models(), e.g. ViT-B-32")
     if pretrained is None or name.startswith("hf-hub:"):
         return
     tags = open_clip.list_pretrained_tags_by_model(name)
     looks_like_path = "/" in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
     if pretrained not in tags and not looks_like_path:
-        raise SpecError(f"{FIELD}.pretrained", f"{name} has no pretrained tag {pretrained!r}; "
+        raise SpecError(f"{FIELD}.pretrained", f"{name} has no pretrained tag {quote(pretrained)}; "
                         f"tags: {', '.join(tags) or 'none'}; or give a checkpoint path")
     if looks_like_path and not Path(pretrained).expanduser().is_file():
         raise SpecError(f"{FIELD}.pretrained", f"no checkpoint file at {pretrained}")

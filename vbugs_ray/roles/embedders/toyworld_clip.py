@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vbugs_ray.errors import SpecError
-from vbugs_ray.fields import option
+from vbugs_ray.fields import check_seed, option
 from vbugs_ray.roles.embedders._open_clip_model import OpenCLIPModel
 from vbugs_ray.toyworld import clip as toyclip
 from vbugs_ray.toyworld import renderer
@@ -28,7 +28,7 @@ class ToyWorldCLIPEmbedder(OpenCLIPModel):
     @dataclass(frozen=True)
     class Options:
         steps: int = option(2000, kind=int, low=0)
-        seed: int = option(0, kind=int, low=0)
+        seed: int = option(0, parse=check_seed)
 
     @classmethod
     def check(cls, options, spec) -> None:

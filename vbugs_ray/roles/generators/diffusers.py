@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, quote
 from vbugs_ray.fields import REQUIRED, option
 from vbugs_ray.roles.device import resolve_device, resolve_dtype
 from vbugs_ray.roles.weights import check_pretrained_source, read_tensors
@@ -36,7 +36,7 @@ def check_scheduler(name) -> None:
     cls = getattr(diffusers, str(name), None) if isinstance(name, str) else None
     if cls is None or not issubclass(cls, diffusers.SchedulerMixin):
         known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_"))[:12]
-        raise SpecError(f"{FIELD}.scheduler", f"unknown diffusers scheduler {name!r}; e.g. {', '.join(known)}")
+        raise SpecError(f"{FIELD}.scheduler", f"unknown diffusers scheduler {quote(name)}; e.g. {', '.join(known)}")
 
 
 def load_token_file(path: str, field: str) -> dict[str, torch.Tensor]:
@@ -112,7 +112,7 @@ class DiffusersGenerator:
                 warnings.simplefilter("ignore", FutureWarning)
                 pipe = diffusers.DiffusionPipeline.from_pretrained(options.model, torch_dtype=self.dtype, **kwargs)
         except (OSError, ValueError) as exc:
-            raise SpecError(f"{FIELD}.model", f"diffusers could not load {options.model!r}: "
+            raise SpecError(f"{FIELD}.model", f"diffusers could not load {quote(options.model)}: "
                             f"{str(exc).strip().splitlines()[0][:200]}") from None
         if options.scheduler:
             pipe.scheduler = getattr(diffusers, options.scheduler).from_config(pipe.scheduler.config)

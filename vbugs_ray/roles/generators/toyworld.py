@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, quote
 from vbugs_ray.fields import option
 from vbugs_ray.toyworld import renderer
 
@@ -25,7 +25,7 @@ class ToyWorldGenerator:
         shapes = renderer.VOCABULARY["class"]
         for i, (name, words) in enumerate(zip(spec.classes, spec.class_phrases)):
             if renderer.parse_prompt(words).get("class") != name:
-                raise SpecError(f"classes[{i}]", f"the toyworld generator draws no '{name}'; known: {', '.join(shapes)}")
+                raise SpecError(f"classes[{i}]", f"the toyworld generator draws no {quote(name)}; known: {', '.join(shapes)}")
         for axis in spec.axes:
             if axis.name not in renderer.PROPERTIES or axis.name == "class":
                 known = ", ".join(p for p in renderer.PROPERTIES if p != "class")
@@ -34,7 +34,7 @@ class ToyWorldGenerator:
                 if renderer.parse_prompt(phrase).get(axis.name) != value:
                     known = ", ".join(renderer.VOCABULARY[axis.name])
                     raise SpecError(f"axes.{axis.name}", f"the toyworld generator cannot draw {axis.name} "
-                                    f"'{value}' from the words {phrase!r}; known values: {known}")
+                                    f"{quote(value)} from the words {quote(phrase)}; known values: {known}")
 
     @classmethod
     def vocabulary(cls, options, spec) -> dict[str, list[str]]:
