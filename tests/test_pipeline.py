@@ -16,7 +16,7 @@ from vbugs_ray.pipeline import (ClassifyStage, EmbedStage, GenerateStage, ScoreS
                                 scoring_fused)
 from vbugs_ray.spec import parse_spec
 from vbugs_ray.errors import RunStoreError
-from vbugs_ray.store import RunStore, ShardWriter, rows_table
+from vbugs_ray.store import RunStore, ShardWriter, plan_ranges, rows_table
 
 
 def _small_spec(spec_dict, budget=480, shard_rows=200, executor="ray"):
@@ -89,7 +89,7 @@ def test_the_driver_publishes_a_whole_shard_no_writer_published(spec_dict, tmp_p
     shard with rows missing is a one-line error."""
     spec = _small_spec(spec_dict, budget=30, shard_rows=10, executor="local")
     rows = pa.table({"row_id": np.arange(100, 130, dtype=np.int64), "x": np.arange(30)})  # ids as in a round
-    store = RunStore(tmp_path)
+    store = RunStore(tmp_path, planned=plan_ranges(100, 30, 10))
     monkeypatch.setattr(ShardWriter, "publish_if_whole", lambda self, shard: False)
     reported = []
     execution = _Execution(spec, rows, store, [(0, 0, 10), (1, 10, 20), (2, 20, 30)],

@@ -76,6 +76,15 @@ def test_verification_on_ray_finds_the_planted_bug_and_resumes(spec_dict, ray_se
                                                        f"({json.loads((folder / 'round-2' / 'plan.json').read_text())['rows']} rows)"]
     assert again["verified_bugs"] == bugs
 
+    # a round's shard with a file cut short is named, set aside and written again, to the same verdicts
+    part = next((folder / "round-1" / "rows" / "shard-00000").glob("part-*.parquet"))
+    part.write_bytes(part.read_bytes()[:-100])
+    messages = []
+    again = audit(spec, run_dir, progress=messages.append)
+    assert [m for m in messages if "generating it again" in m and "round-1/rows/shard-00000" in m], messages
+    assert [m.split(" (")[0] for m in messages if m.endswith("rows)")] == ["verify round 1: shard 1/1 written"]
+    assert again["verified_bugs"] == bugs
+
     # a replication planned for other bugs (a release that merged the same rounds differently)
     # is planned again, not judged on arms it does not hold
     plan = folder / "replication" / "plan.json"

@@ -20,10 +20,10 @@ from vbugs_ray.pipeline import make_executor
 from vbugs_ray.raycluster import ray_session, shard_runner
 from vbugs_ray.report import build_report
 from vbugs_ray.roles.registry import prepare, validate_backends
-from vbugs_ray.slices.parquet import parquet_counter, parquet_files, shard_pieces, spans_shards
+from vbugs_ray.slices.parquet import parquet_counter, shard_pieces, spans_shards
 from vbugs_ray.slices.search import run_search
 from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec, parse_spec
-from vbugs_ray.store import RunStore, plan_shards
+from vbugs_ray.store import RunStore, plan_ranges, plan_shards
 from vbugs_ray.verify.run import Verification, verify_key
 
 Progress = Callable[[str], None]
@@ -34,17 +34,31 @@ def _log(message: str) -> None:
 
 
 def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _log) -> RunStore:
-    """Fill the run store with every grid row (resumes: finished shards are skipped)."""
+    """Fill the run store with every grid row (resumes: whole shards are skipped, damaged ones
+    set aside and written again). A first start that fails before a shard is published leaves
+    nothing behind, so a corrected spec starts in the same folder."""
     validate_backends(spec)
-    store = RunStore(run_dir)
-    store.open_for(spec)
     grid = build_grid(spec)
+    store = RunStore(run_dir, planned=plan_ranges(0, grid.num_rows, spec.run.shard_rows))
+    first_start = not store.spec_path.exists()
+    store.open_for(spec)
+    try:
+        _fill(spec, grid, store, progress)
+    except BaseException:
+        if first_start:
+            store.forget_failed_start()
+        raise
+    return store
+
+
+def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
+    """Write the grid rows of every shard that is not whole, in one execution."""
     shards = plan_shards(grid.num_rows, spec.run.shard_rows)
-    done = store.done_shards()
-    pending = [s for s in shards if s[0] not in done]
+    whole = store.set_aside_damaged(progress).whole
+    pending = [s for s in shards if s[0] not in whole]
     progress(f"{grid.num_rows} images in {len(shards)} shards; {len(shards) - len(pending)} already done")
     if not pending:
-        return store
+        return
     for role in PIPELINE_ROLES:
         prepare(role, getattr(spec, role), spec, progress)
 
@@ -67,7 +81,6 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
     atomic_write_json(store.root / "loads.json", loads)
     progress("models loaded: " + ", ".join(f"{role} {n}" for role, n in loads.items())
              + f" (one execution over {len(pending)} shards)")
-    return store
 
 
 def filter_summary(store: RunStore) -> dict | None:
@@ -84,16 +97,22 @@ def filter_summary(store: RunStore) -> dict | None:
 
 
 def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log,
-                caption: bool = True) -> dict:
+                caption: bool = True, partial: bool = False) -> dict:
     """Run the slice search on a run store and (re)write RUN_DIR/report.json. Needs no model
     unless ``caption`` (and the spec has a captioner): re-running the statistics of a finished
-    run works wherever its run directory is readable."""
-    store = RunStore(run_dir)
+    run works wherever its run directory is readable. A run with a shard missing or damaged is
+    a one-line error, unless ``partial``: then the whole shards are searched and the report says
+    how many rows it lacks."""
+    store = RunStore(run_dir, partial=partial)
     spec = parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path))
     features = ["class", *spec.axis_names]
-    filtered = filter_summary(store)  # also a one-line error if the run has no finished shard
+    checked = store.checked()
+    checked.name_stray(progress)
+    if checked.missing:
+        progress(f"searching a partial run: {checked.describe()} ({checked.rows_missing()} rows missing)")
+    filtered = filter_summary(store)
     settings = spec.search
-    pieces = shard_pieces(parquet_files(store.rows_dir))
+    pieces = shard_pieces(store.files())
     # counts come shard by shard (Ray tasks when the run spans several shards), never the whole
     # table at once; rows the CLIP filter marked invalid are not counted
     with shard_runner(spec.run.executor == "ray" and spans_shards(pieces), spec.run, progress) as runner:
@@ -103,7 +122,10 @@ def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Pr
     if caption and spec.captioner is not None and result.flagged:
         progress(f"captioning the top {min(settings.top_k, len(result.flagged))} flagged slices")
         caption_slices(result.flagged, store, spec, features, settings.top_k, progress)
-    report = build_report(result, settings, features, name=spec.name, **({"filter": filtered} if filtered else {}))
+    extra = {"partial": True, "rows_missing": checked.rows_missing(), "shards_missing": checked.missing} \
+        if checked.missing else {}
+    report = build_report(result, settings, features, name=spec.name, **extra,
+                          **({"filter": filtered} if filtered else {}))
     report.update(_verification_still_valid(store, spec, progress))
     atomic_write_json(store.report_path, report)
     invalid = f"; {filtered['n_invalid']} of {filtered['n_generated']} rows marked invalid by the filter" if filtered else ""

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     slices.add_argument("run_dir", nargs="?", help="a finished audit's run directory")
     slices.add_argument("--caption", action="store_true",
                         help="with a run directory: also caption the top slices (loads the spec's captioner)")
+    slices.add_argument("--partial", action="store_true",
+                        help="with a run directory that has shards missing or damaged: search the whole shards "
+                             "(the report says partial: true and how many rows are missing)")
     slices.add_argument("--table", help="any Parquet file or directory of Parquet files instead of a run")
     slices.add_argument("--error-col", default="error",
                         help="with --table: the error column, 0/1 or true/false (rows where it is missing are "
@@ -175,6 +178,8 @@ def _slices(args) -> int:
 
     if args.positive is not None and not args.table:
         raise SpecError("<command line>", "--positive goes with --table (it names the error value of a text column)")
+    if args.partial and args.table:
+        raise SpecError("<command line>", "--partial goes with a run directory (it searches a run's whole shards)")
     if args.table:
         from vbugs_ray.table import search_table
 
@@ -187,7 +192,7 @@ def _slices(args) -> int:
 
         spec_dict = RunStore(args.run_dir).load_spec_dict()
         spec_dict["search"] = dataclasses.asdict(_search_overrides(args, spec_dict["search"]))
-        report = find_slices(args.run_dir, spec_dict, caption=args.caption)
+        report = find_slices(args.run_dir, spec_dict, caption=args.caption, partial=args.partial)
     else:
         raise SpecError("<command line>", "give a run directory or --table T.parquet")
     print(format_slices(report, args.top))

@@ -51,6 +51,11 @@ def _cell_counts(spec: AuditSpec) -> np.ndarray:
     return np.bincount(rng.integers(0, total_cells, spec.budget), minlength=total_cells).astype(np.int64)
 
 
+def n_rows(spec: AuditSpec) -> int:
+    """How many rows ``build_grid`` makes, without making them."""
+    return int(_cell_counts(spec).sum())
+
+
 def build_grid(spec: AuditSpec) -> pa.Table:
     """All rows of the audit as an Arrow table, ordered by (cell, replicate), row_id = position."""
     counts = _cell_counts(spec)

@@ -30,7 +30,8 @@ def format_slices(report: dict, top: int = 10) -> str:
     dropped = report.get("rows_missing_error", 0)
     lines = [f"{report['n_images']} images, base error rate {report['base_error_rate']:.3f}, "
              f"{report['evaluated_slices']} of {report['lattice_size']} lattice slices tested, {len(flagged)} flagged"
-             + (f" ({dropped} rows without an error value left out)" if dropped else "")]
+             + (f" ({dropped} rows without an error value left out)" if dropped else "")
+             + (f" (partial run: {report['rows_missing']} rows missing)" if report.get("partial") else "")]
     if flagged:
         lines.append(f"{'#':>3}  {'slice':<44} {'n':>6} {'err':>6} {'rest':>6} {'effect':>7} {'q':>9}")
     for i, s in enumerate(flagged[:top], 1):

@@ -5,8 +5,9 @@ settings and the captioner, so changing any of them starts a new folder and neve
 - ``hypotheses.json``: every source's hypotheses and the discovery summary, written once;
 - ``round-N/plan.json`` and ``round-N/plan.parquet``: the round's tests and its fresh rows;
 - ``round-N/rows/shard-*``: the rows after generate -> embed + filter -> classify, written like
-  the audit's shards (staging folder, then one rename), so an interrupted run resumes with the
-  missing shards and a finished one re-runs without generating anything.
+  the audit's shards (staging folder, then one rename) and checked like them, so an interrupted
+  run resumes with the missing shards (a damaged one is set aside in ``round-N/damaged/`` and
+  written again) and a finished one re-runs without generating anything.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from vbugs_ray.pipeline import make_executor
 from vbugs_ray.raycluster import ray_session
 from vbugs_ray.roles import registry
 from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec
-from vbugs_ray.store import RunStore, plan_shards, rows_fingerprint
+from vbugs_ray.store import RunStore, plan_ranges, plan_shards, rows_fingerprint
 from vbugs_ray.verify.hypotheses import Hypothesis, deduplicate
 from vbugs_ray.verify.plan import BASE, plan_round
 from vbugs_ray.verify.sources import SOURCES, discover
@@ -115,10 +116,12 @@ class Verification:
 
     def _generate(self, folder: str, table: pa.Table, executor, progress: Progress) -> dict:
         """The folder's rows (generated first where missing), as the columns ``arms_of`` reads."""
-        rounds = RunStore(self.root / folder)
-        shards = plan_shards(table.num_rows, self.spec.run.shard_rows)
-        done = rounds.done_shards()
-        pending = [s for s in shards if s[0] not in done]
+        shard_rows = self.spec.run.shard_rows
+        first_row_id = int(table.column("row_id")[0].as_py())
+        rounds = RunStore(self.root / folder, planned=plan_ranges(first_row_id, table.num_rows, shard_rows))
+        shards = plan_shards(table.num_rows, shard_rows)
+        whole = rounds.set_aside_damaged(progress).whole
+        pending = [s for s in shards if s[0] not in whole]
         if pending:
             executor().run(table, rounds, pending, lambda shard, rows: progress(
                 f"verify {folder.replace('-', ' ')}: shard {shard + 1}/{len(shards)} written ({rows} rows)"))
