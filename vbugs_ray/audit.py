@@ -20,6 +20,7 @@ from vbugs_ray.pipeline import make_executor
 from vbugs_ray.raycluster import ray_session, shard_runner
 from vbugs_ray.report import build_report
 from vbugs_ray.roles.registry import prepare, validate_backends
+from vbugs_ray.runlock import run_lock
 from vbugs_ray.slices.parquet import parquet_counter, shard_pieces, spans_shards
 from vbugs_ray.slices.search import run_search
 from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec, parse_spec
@@ -37,6 +38,11 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
     """Fill the run store with every grid row (resumes: whole shards are skipped, damaged ones
     set aside and written again). A first start that fails before a shard is published leaves
     nothing behind, so a corrected spec starts in the same folder."""
+    with run_lock(run_dir, "vbugs audit", create=True):
+        return _generate_rows(spec, run_dir, progress)
+
+
+def _generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress) -> RunStore:
     validate_backends(spec)
     grid = build_grid(spec)
     store = RunStore(run_dir, planned=plan_ranges(0, grid.num_rows, spec.run.shard_rows))
@@ -103,6 +109,12 @@ def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Pr
     run works wherever its run directory is readable. A run with a shard missing or damaged is
     a one-line error, unless ``partial``: then the whole shards are searched and the report says
     how many rows it lacks."""
+    with run_lock(run_dir, "vbugs slices"):
+        return _find_slices(run_dir, spec_dict, progress, caption, partial)
+
+
+def _find_slices(run_dir: str | Path, spec_dict: dict | None, progress: Progress, caption: bool,
+                 partial: bool) -> dict:
     store = RunStore(run_dir, partial=partial)
     spec = parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path))
     features = ["class", *spec.axis_names]
@@ -154,6 +166,11 @@ def _verification_still_valid(store: RunStore, spec: AuditSpec, progress: Progre
 def verify_run(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log) -> dict:
     """Discovery and regenerate-and-verify on a finished run (resumable): adds ``verified_bugs``,
     ``hypotheses``, ``discovery`` and ``verification`` to RUN_DIR/report.json."""
+    with run_lock(run_dir, "vbugs verify"):
+        return _verify_run(run_dir, spec_dict, progress)
+
+
+def _verify_run(run_dir: str | Path, spec_dict: dict | None, progress: Progress) -> dict:
     store = RunStore(run_dir)
     spec = validate_backends(parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path)))
     if spec.verify is None:
@@ -173,7 +190,12 @@ def audit(spec: AuditSpec, run_dir: str | Path | None = None, progress: Progress
     """Run a whole audit and return the report (also written to RUN_DIR/report.json): rows,
     slice search, then (unless ``verify: false``) discovery and verification."""
     run_dir = check_output(run_dir or spec.output_dir, "run directory", folder=True)  # before hours of work
-    validate_backends(spec)  # a mistake in the spec is reported before Ray starts
+    with run_lock(run_dir, "vbugs audit", create=True):  # one writer per run dir
+        validate_backends(spec)  # a mistake in the spec is reported before Ray starts
+        return _audit(spec, run_dir, progress)
+
+
+def _audit(spec: AuditSpec, run_dir: Path, progress: Progress) -> dict:
     gpus = {role: getattr(spec, role).num_gpus for role in PIPELINE_ROLES}
     with ray_session(spec.run, progress, gpus) if spec.run.executor == "ray" else contextlib.nullcontext():
         generate_rows(spec, run_dir, progress)

@@ -31,6 +31,7 @@ from vbugs_ray.atomic import atomic_write_json
 from vbugs_ray.cache import key_of
 from vbugs_ray.errors import RunStoreError
 from vbugs_ray.grid import n_rows
+from vbugs_ray.runlock import remove_run_dir_if_empty
 from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec, parse_spec
 
 SHARD_NAME = re.compile(r"shard-(\d{5})")
@@ -151,9 +152,9 @@ class RunStore:
         for staging in self.rows_dir.glob(".staging-shard-*"):
             shutil.rmtree(staging, ignore_errors=True)
         self.spec_path.unlink(missing_ok=True)
-        for folder in (self.rows_dir, self.root):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        with contextlib.suppress(OSError):
+            self.rows_dir.rmdir()
+        remove_run_dir_if_empty(self.root)
 
     def _held(self) -> dict:
         try:
