@@ -164,9 +164,9 @@ def _not_described(h: Hypothesis, arm: Arm) -> np.ndarray:
     return ~described
 
 
-def _slots(spec: AuditSpec, h: Hypothesis) -> frozenset[str]:
-    """The properties a description fixes: its axes, and its phrases' groups of exclusive words."""
-    groups = exclusive_group(spec)
+def _slots(groups: dict[str, str], h: Hypothesis) -> frozenset[str]:
+    """The properties a description fixes: its axes, and its phrases' groups of exclusive words
+    (``groups``: ``exclusive_group(spec)``)."""
     return frozenset([axis for axis, _ in h.predicates] + [groups.get(p, p) for p in h.phrases])
 
 
@@ -175,8 +175,10 @@ class _Pairs:
 
     def __init__(self, spec: AuditSpec, hypotheses: dict[str, Hypothesis], keys: list[str],
                  arms: dict[str, Arm], alpha: float):
-        self.spec, self.hypotheses = spec, hypotheses
+        self.hypotheses = hypotheses
         self.parts = {k: frozenset(hypotheses[k].parts) for k in keys}
+        groups = exclusive_group(spec)
+        self.slots = {k: _slots(groups, hypotheses[k]) for k in keys}
         self.verified_tests = {(hypotheses[k].class_name, self.parts[k]) for k in keys}
         self.inside = {(a, b): explained_by(hypotheses[a], hypotheses[b], arms, alpha)
                        for a in keys for b in keys if a != b and hypotheses[a].class_name == hypotheses[b].class_name}
@@ -190,7 +192,7 @@ class _Pairs:
 
     def siblings(self, a: str, b: str) -> bool:
         """The same properties with other values: a cue missing on brick and missing on sand."""
-        return _slots(self.spec, self.hypotheses[a]) == _slots(self.spec, self.hypotheses[b])
+        return self.slots[a] == self.slots[b]
 
     def one_failure_twice(self, a: str, b: str) -> bool:
         """Siblings, or one whose excess failures lie inside the other's description."""
