@@ -77,7 +77,7 @@ def ray_session():
     logical GPU, so GPU-stage scheduling (fractional num_gpus) runs on a machine without one."""
     import ray
 
-    ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from vbugs_ray.raycluster import check_gpus
+from vbugs_ray.raycluster import check_resources
 from vbugs_ray.cli import user_error
 from vbugs_ray.roles.device import resolve_device, resolve_dtype
 from vbugs_ray.errors import SpecError
@@ -59,17 +59,16 @@ def test_spec_checks_device_dtype_and_gpu_reservations(tiny_spec_dict):
     assert parse_spec({**tiny_spec_dict, "classifier": {**tiny_spec_dict["classifier"], "dtype": "bf16"}}).classifier.dtype == "bfloat16"
 
 
-def test_gpu_reservations_on_a_cluster_without_gpus(tiny_spec_dict, monkeypatch):
-    import ray
-
+def test_gpu_reservations_on_a_cluster_without_gpus(tiny_spec_dict):
     tiny_spec_dict["generator"]["num_gpus"] = 1
     spec = parse_spec(tiny_spec_dict)
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    actors = {"generator": (spec.generator.num_cpus, spec.generator.num_gpus)}
+    cluster = {"CPU": 8.0, "GPU": 0.0}
     with pytest.raises(SpecError) as err:  # a local Ray we started: it would wait forever
-        check_gpus({"generator": spec.generator.num_gpus}, autoscaling=False, progress=lambda _: None)
-    assert err.value.field == "generator.num_gpus"
+        check_resources(actors, autoscaling=False, progress=lambda _: None, largest=cluster)
+    assert err.value.field == "generator.num_gpus" and "has none" in str(err.value)
     said = []
-    check_gpus({"generator": spec.generator.num_gpus}, autoscaling=True, progress=said.append)  # a joined cluster may still scale up
+    check_resources(actors, autoscaling=True, progress=said.append, largest=cluster)  # a joined cluster may still scale up
     assert said and said[0].startswith("warning: generator.num_gpus")
 
 

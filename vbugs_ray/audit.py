@@ -16,7 +16,7 @@ from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.errors import SpecError
 from vbugs_ray.grid import build_grid
-from vbugs_ray.pipeline import make_executor
+from vbugs_ray.pipeline import actor_needs, make_executor
 from vbugs_ray.raycluster import ray_session, shard_runner
 from vbugs_ray.report import build_report
 from vbugs_ray.roles.registry import prepare, validate_backends
@@ -68,7 +68,6 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
     for role in PIPELINE_ROLES:
         prepare(role, getattr(spec, role), spec, progress)
 
-    gpus = {role: getattr(spec, role).num_gpus for role in PIPELINE_ROLES}
     t0 = time.time()
     n_done = 0
 
@@ -78,7 +77,7 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
         progress(f"shard {index + 1}/{len(shards)} written ({rows} rows; "
                  f"{n_done}/{len(pending)} pending done, {time.time() - t0:.0f}s)")
 
-    with ray_session(spec.run, progress, gpus) if spec.run.executor == "ray" else contextlib.nullcontext():
+    with ray_session(spec.run, progress, actor_needs(spec)) if spec.run.executor == "ray" else contextlib.nullcontext():
         executor = make_executor(spec)
         try:
             loads = executor.run(grid, store, pending, published)
@@ -196,8 +195,8 @@ def audit(spec: AuditSpec, run_dir: str | Path | None = None, progress: Progress
 
 
 def _audit(spec: AuditSpec, run_dir: Path, progress: Progress) -> dict:
-    gpus = {role: getattr(spec, role).num_gpus for role in PIPELINE_ROLES}
-    with ray_session(spec.run, progress, gpus) if spec.run.executor == "ray" else contextlib.nullcontext():
+    with ray_session(spec.run, progress, actor_needs(spec)) if spec.run.executor == "ray" \
+            else contextlib.nullcontext():
         generate_rows(spec, run_dir, progress)
         report = find_slices(run_dir, spec.to_dict(), progress)
         if spec.verify is not None:

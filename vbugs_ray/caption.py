@@ -166,7 +166,7 @@ def caption_sets(store: RunStore, spec: AuditSpec, sets: list[tuple[np.ndarray, 
 
     items = [{"index": i, "inside": [int(r) for r in inside], "reference": [int(r) for r in reference]}
              for i, (inside, reference) in enumerate(sets)]
-    with ray_session(spec.run, progress, {"captioner": role.num_gpus}):
+    with ray_session(spec.run, progress, {"captioner": (role.num_cpus, role.num_gpus)}):
         ds = ray.data.from_items(items).map_batches(
             CaptionStage,
             fn_constructor_kwargs={"spec": spec, "run_dir": str(store.root.resolve())},

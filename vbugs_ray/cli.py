@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
+import signal
 import sys
 
+from vbugs_ray import signals
 from vbugs_ray.atomic import check_output
 from vbugs_ray.errors import USER_ERRORS, SpecError, TokenError, UsageError
 from vbugs_ray.fields import check_field, check_seed
@@ -253,6 +256,8 @@ def user_error(exc: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    signals.install()  # SIGTERM unwinds like Ctrl-C: a local Ray is shut down, the run lock released
     try:
         commands = {"audit": _audit, "slices": _slices, "verify": _verify, "diagnose": _diagnose, "discover": _discover,
                     "validate": _validate, "learn-tokens": _learn_tokens}
@@ -263,9 +268,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vbugs: error: {mistake}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("vbugs: interrupted; finished shards are kept, re-run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how, status = ("terminated", 143) if isinstance(exc, signals.Terminated) else ("interrupted", 130)
+        print(f"vbugs: {how}; finished shards are kept, re-run the same command to resume", file=sys.stderr)
+        return status
+    finally:
+        if previous is not None:  # None: set outside Python, nothing to put back
+            with contextlib.suppress(ValueError):  # not the main thread: nothing was installed
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -189,6 +189,12 @@ def ray_stages(spec: AuditSpec) -> list[tuple[type, int, int, float, float]]:
     return out
 
 
+def actor_needs(spec: AuditSpec) -> dict[str, tuple[float, float]]:
+    """(CPUs, GPUs) one actor of each model stage reserves, by the roles it serves, for
+    ``raycluster.check_resources``."""
+    roles = {GenerateStage: "generator", ScoreStage: "embedder+classifier", EmbedStage: "embedder",
+             ClassifyStage: "classifier"}
+    return {roles[stage]: (cpus, gpus) for stage, _, _, cpus, gpus in ray_stages(spec)}
 
 
 Published = Callable[[int, int], None]  # (shard index, rows) when a shard becomes visible

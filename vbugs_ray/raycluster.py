@@ -1,12 +1,15 @@
 """The one way into Ray: joining or starting it (``ray_session``), checking that the cluster can
-place the spec's GPU actors, and running shard functions as Ray tasks (``RayRunner``)."""
+place the spec's actors, and running shard functions as Ray tasks (``RayRunner``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 from typing import Callable, Iterator, Mapping
 
+from vbugs_ray import rayaddress, runlock, signals
 from vbugs_ray.errors import SpecError
 from vbugs_ray.slices.counts import LocalRunner, Runner
 from vbugs_ray.spec import RunSpec
@@ -14,51 +17,108 @@ from vbugs_ray.spec import RunSpec
 Progress = Callable[[str], None]
 
 
-def start_ray(run: RunSpec, progress: Progress) -> bool:
-    """Connect to (or start) Ray; True if this call started it and should shut it down."""
+def start_ray(run: RunSpec, progress: Progress) -> str | None:
+    """Join the cluster the spec or RAY_ADDRESS names, else start a fresh local Ray. Returns
+    "joined" or "local" when this call connected (and should disconnect), None if Ray was
+    already initialised in this process."""
     import ray
 
     if ray.is_initialized():
-        return False
-    address = run.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return True
-    # Logical CPUs above the core count let several fractional-CPU actor pools and Ray Data's
-    # read/write tasks coexist on a small machine instead of deadlocking on CPU reservations.
-    num_cpus = run.ray_num_cpus or max(os.cpu_count() or 1, 8)
-    progress(f"starting a local Ray with {num_cpus} logical CPUs")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    return True
+        return None
+    address = rayaddress.resolve(run)
+    if address.local:
+        # Logical CPUs above the core count let several fractional-CPU actor pools and Ray Data's
+        # read/write tasks coexist on a small machine instead of deadlocking on CPU reservations.
+        num_cpus = run.ray_num_cpus or max(os.cpu_count() or 1, 8)
+        progress(f"starting a local Ray with {num_cpus} logical CPUs")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        signals.install()  # ray.init replaced our SIGTERM handler with its own
+        return "local"
+    timeout_s = rayaddress.connect_timeout(run)
+    if address.text == "auto":
+        address = rayaddress.latest_cluster(address)
+    if not address.client:
+        rayaddress.wait_until_reachable(address, timeout_s, progress)
+    progress(f"joining the Ray cluster at {address}")
+    with _deadline(timeout_s, address):
+        try:
+            ray.init(address=address.text, log_to_driver=False)
+        except ConnectionError:
+            raise address.error("it accepts connections but this process could not join the cluster there "
+                                "(one with token authentication needs RAY_AUTH_MODE=token and its token)") from None
+    signals.install()
+    return "joined"
 
 
-def check_gpus(gpus_by_role: Mapping[str, float], autoscaling: bool, progress: Progress) -> None:
-    """A role that reserves GPUs on a cluster without any would wait forever: say so at once
-    (on a cluster we joined, an autoscaler may still add GPU nodes, so only warn there)."""
+@contextlib.contextmanager
+def _deadline(timeout_s: float, address: rayaddress.RayAddress) -> Iterator[None]:
+    """End the process with one line if joining takes longer than ``timeout_s``: a port that
+    accepts connections but is no Ray GCS makes ``ray.init`` retry for many minutes, and a call
+    blocked in Ray's C++ client cannot be interrupted from Python."""
+    def give_up() -> None:
+        runlock.release_all()  # as the lock's own block would: no .lock or empty first-start folder left
+        print(f"vbugs: error: {address.error(f'no Ray cluster answered there within {timeout_s:g}s')}",
+              file=sys.stderr, flush=True)
+        os._exit(2)
+
+    timer = threading.Timer(timeout_s, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def largest_node() -> dict[str, float]:
+    """The most CPUs and GPUs any one live node of the connected cluster has (an actor must fit
+    on one node)."""
     import ray
 
-    have = ray.cluster_resources().get("GPU", 0)
-    for role, want in gpus_by_role.items():
-        if want > 0 and have == 0:
-            message = (f"asks for {want:g} GPU per actor but the Ray cluster has none; set num_gpus: 0 "
-                       f"(device: auto then runs on the CPU) or run on a cluster with GPUs")
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    return {kind: max((float(n.get(kind, 0)) for n in nodes), default=0.0) for kind in ("CPU", "GPU")}
+
+
+def check_resources(actors: Mapping[str, tuple[float, float]], autoscaling: bool, progress: Progress,
+                    largest: Mapping[str, float] | None = None) -> None:
+    """An actor that reserves more CPUs or GPUs than any node has would wait forever, with only
+    a warning buried in Ray's logs: say so at once. ``actors`` maps the roles an actor serves
+    ("embedder+classifier" for a fused scoring actor) to its (CPUs, GPUs). On a cluster we
+    joined an autoscaler may still add a node that fits, so there only warn."""
+    largest = largest_node() if largest is None else largest
+    for roles, need in actors.items():
+        for kind, field, want in (("CPU", "num_cpus", need[0]), ("GPU", "num_gpus", need[1])):
+            have = largest.get(kind, 0.0)
+            if want <= have:
+                continue
+            shared = (f"{' and '.join(roles.split('+'))} share one actor (run.fuse_scoring), which "
+                      if "+" in roles else "")
+            if kind == "GPU" and have == 0:
+                message = (f"{shared}asks for {want:g} GPU per actor but the Ray cluster has none; set num_gpus: 0 "
+                           f"(device: auto then runs on the CPU) or run on a cluster with GPUs")
+            else:
+                fix = " or raise run.ray_num_cpus" if kind == "CPU" and not autoscaling else ""
+                message = (f"{shared}asks for {want:g} {kind}s per actor but the largest Ray node has {have:g}; "
+                           f"lower it (fractions are allowed){fix}")
+            field_path = f"{roles.split('+')[0]}.{field}"
             if not autoscaling:
-                raise SpecError(f"{role}.num_gpus", message)
-            progress(f"warning: {role}.num_gpus {message}; waiting for the autoscaler to add GPU nodes")
+                raise SpecError(field_path, message)
+            progress(f"warning: {field_path} {message}; waiting for the autoscaler to add a node that fits")
 
 
 @contextlib.contextmanager
 def ray_session(run: RunSpec | None = None, progress: Progress = lambda _: None,
-                gpus_by_role: Mapping[str, float] | None = None) -> Iterator[None]:
+                actors: Mapping[str, tuple[float, float]] | None = None) -> Iterator[None]:
     """Ray for one step of an audit: joined (``run.ray_address`` or RAY_ADDRESS) or started
-    locally, the GPUs that ``gpus_by_role`` reserves checked, and shut down afterwards if this
-    call started it. Nothing else in vbugs_ray calls ``ray.init``."""
-    started = start_ray(run or RunSpec(), progress)
+    locally, checked to have a node for each of ``actors`` (roles -> CPUs, GPUs per actor), and
+    disconnected (a local Ray shut down) afterwards if this call connected. Nothing else in
+    vbugs_ray calls ``ray.init``."""
+    connected = start_ray(run or RunSpec(), progress)
     try:
-        check_gpus(gpus_by_role or {}, autoscaling=not started, progress=progress)
+        check_resources(actors or {}, autoscaling=connected != "local", progress=progress)
         yield
     finally:
-        if started:
+        if connected:
             import ray
 
             ray.shutdown()

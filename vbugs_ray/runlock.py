@@ -24,6 +24,7 @@ LOCK_NAME = ".lock"
 HOLDER_CHARS = 120  # the holder's command, as quoted in the message, is cut to this many characters
 
 _held: dict[str, int] = {}  # run dirs this process holds -> how many nested `run_lock`s hold it
+_open: dict[str, tuple[int, Path, bool]] = {}  # run dirs this process holds -> (fd, lock path, created)
 
 
 def _command(label: str) -> str:
@@ -112,11 +113,20 @@ def run_lock(run_dir: str | Path, label: str, create: bool = False) -> Iterator[
             with contextlib.suppress(OSError):
                 root.rmdir()
         raise
-    _held[key] = 1
+    _held[key], _open[key] = 1, (fd, path, created)
     try:
         yield
     finally:
         _held.pop(key, None)
+        if _open.pop(key, None):
+            _release(fd, path, created)
+
+
+def release_all() -> None:
+    """Release every lock this process holds, as the ends of their blocks would, for a process
+    about to end at once (``os._exit`` from another thread, where no ``finally`` runs)."""
+    for key in list(_open):
+        fd, path, created = _open.pop(key)
         _release(fd, path, created)
 
 

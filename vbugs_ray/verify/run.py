@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from vbugs_ray.atomic import atomic_write, atomic_write_json
 from vbugs_ray.cache import key_of
-from vbugs_ray.pipeline import make_executor
+from vbugs_ray.pipeline import actor_needs, make_executor
 from vbugs_ray.raycluster import ray_session
 from vbugs_ray.roles import registry
 from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec
@@ -179,8 +179,7 @@ class Verification:
         generated = 0
         rounds_run = 0
         alpha = self.settings.alpha_per_round
-        gpus = {role: getattr(self.spec, role).num_gpus for role in PIPELINE_ROLES}
-        session = ray_session(self.spec.run, progress, gpus) if self.spec.run.executor == "ray" \
+        session = ray_session(self.spec.run, progress, actor_needs(self.spec)) if self.spec.run.executor == "ray" \
             else contextlib.nullcontext()
         with session:
             try:
