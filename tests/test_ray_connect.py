@@ -24,7 +24,7 @@ import yaml
 from vbugs_ray import rayaddress
 from vbugs_ray.errors import SpecError, UsageError
 from vbugs_ray.raycluster import check_resources
-from vbugs_ray.spec import DEFAULT_SPEC, RunSpec
+from vbugs_ray.spec import RunSpec
 
 
 def _free_port() -> int:
