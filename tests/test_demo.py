@@ -21,8 +21,9 @@ def _vbugs(*args):
 def test_demo_spec_verifies_its_planted_bugs_first_and_second(tmp_path):
     """jobs/toyworld.yaml plants two bugs (no stars at night in training; squares nearly always on
     grass): the slice search lists exactly those two first, and the verified bugs, tested on fresh
-    images, are those two, first and second (no other verified bug names stars at night; other
-    square bugs of the same mode may follow, each failing everywhere but on grass). Then `vbugs
+    images, are those two, first and second, each named once: round 1 verifies several square
+    descriptions (at night, small, on brick), each failing everywhere but on grass, and round 2
+    verifies their complement, "square, not grass", which names the one bug). Then `vbugs
     diagnose` scores phrases, and `vbugs verify` on the finished run generates nothing new. (The local executor: the same stages as `make demo` without Ray's
     start-up.)"""
     run_dir = tmp_path / "demo"
@@ -37,17 +38,16 @@ def test_demo_spec_verifies_its_planted_bugs_first_and_second(tmp_path):
 
     bugs = report["verified_bugs"]
     first, second = sorted(bugs[:2], key=lambda b: b["class"])
-    assert first["class"] == "square" and "grass" not in first["description"]
+    # the spurious cue, named once: squares fail off grass, against fresh squares on grass
+    assert first["description"] == "square, not grass", [b["description"] for b in bugs]
+    assert first["base_error_rate"] < 0.05 and first["sources"].count("complement") == 1
+    assert {"square, at night", "square, small"} <= {e["description"] for e in first["evidence"]}
     assert second["class"] == "star" and "at night" in second["description"]
+    assert [b["class"] for b in bugs].count("square") == 1, [b["description"] for b in bugs]
     assert not [b for b in bugs[2:] if b["class"] == "star" and "at night" in b["description"]], \
         [b["description"] for b in bugs]
-    squares = [b for b in bugs if b["class"] == "square"]
-    assert not [b for b in squares if "grass" in b["description"]]
-    assert len({b["mode"] for b in squares}) == 1  # one mechanism: each square is called a circle
-    for bug in squares:  # each shows the cause: off grass it fails, on grass it does not
-        if "background" in bug["by_open_axis"]:
-            rates = {v: e / n for v, (e, n) in bug["by_open_axis"]["background"].items()}
-            assert min(rates, key=rates.get) == "grass" and rates["grass"] < 0.05, rates
+    complement = next(h for h in report["hypotheses"] if h["key"] == first["hypothesis"])
+    assert complement["excluded"] == {"background": "grass"} and complement["round"] == 2
     for bug in bugs[:2]:
         assert bug["q_value"] < 1e-6 and bug["ci_low"] > bug["base_error_rate"] + 0.2
         assert bug["n"] >= 150 and len(bug["row_ids"]) == bug["n"]

@@ -46,7 +46,8 @@ def format_slices(report: dict, top: int = 10) -> str:
 
 
 def format_bugs(report: dict, top: int = 10) -> str:
-    """A fixed-width table of the verified bugs (fresh images vs the class's base images)."""
+    """A fixed-width table of the verified bugs (fresh images vs the class's base images, or for
+    a complement such as "square, not grass" vs its reference, "square, grass")."""
     bugs = report.get("verified_bugs", [])
     info = report.get("verification", {})
     lines = [f"{len(bugs)} verified bugs from {len(report.get('hypotheses', []))} hypotheses tested on "
@@ -57,6 +58,8 @@ def format_bugs(report: dict, top: int = 10) -> str:
         ci = f"{bug['ci_low']:.2f}-{bug['ci_high']:.2f}"
         lines.append(f"{i:>3}  {bug['description']:<44} {bug['n']:>5} {bug['error_rate']:>6.3f} "
                      f"{bug['base_error_rate']:>6.3f} {ci:>13} {bug['q_value']:>9.2e}  {','.join(bug['sources'])}")
+        if not bug.get("tested_against", " (base)").endswith(" (base)"):
+            lines.append(f"{'':>5}base: fresh images of {bug['tested_against']} (fails without it, not with it)")
         others = [e["description"] for e in bug["evidence"] if e["hypothesis"] != bug["hypothesis"]]
         if others:
             lines.append(f"{'':>5}also: {'; '.join(others[:4])}{' ...' if len(others) > 4 else ''}")

@@ -1,8 +1,10 @@
-"""The fresh rows of one verification round: for each hypothesis under test and for each class's
-base arm, ``n`` prompts with seeds that no earlier row of the run has used.
+"""The fresh rows of one verification round: for each hypothesis under test, each complement's
+reference arm and each class's base arm, ``n`` prompts with seeds that no earlier row of the run
+has used.
 
 A round's rows have the grid's columns (so they run through the same stages) plus
-``hypothesis`` (the key tested, or ``base:<class>``) and ``arm`` (``hypothesis`` / ``base``);
+``hypothesis`` (the key tested, or ``base:<class>``) and ``arm`` (``hypothesis`` / ``reference`` /
+``base``);
 row ids continue after the run's last one. Everything is a function of the spec, the tests and
 the seeds already used, so a re-run plans the same rows.
 """
@@ -47,13 +49,18 @@ def fresh_seeds(spec_seed: int, name: str, n: int, used: set[int]) -> np.ndarray
 def plan_round(spec: AuditSpec, tests: list[Hypothesis], base_classes: list[str], n: int, first_row_id: int,
                used_seeds: set[int], round_index: int) -> pa.Table:
     """The round's rows: ``n`` per hypothesis in ``tests`` and per class in ``base_classes``."""
-    arms = [(h.key, "hypothesis", h.class_name, dict(h.predicates), h.phrases) for h in tests]
-    arms += [(BASE + c, "base", c, {}, ()) for c in base_classes]
+    arms = [(h.key, "hypothesis", h.class_name, dict(h.predicates), h.phrases, h.excluded) for h in tests]
+    keys = {h.key for h in tests}
+    for ref in (h.reference for h in tests if h.reference is not None):
+        if ref.key not in keys:  # a complement's reference arm, unless tested itself this round
+            keys.add(ref.key)
+            arms.append((ref.key, "reference", ref.class_name, dict(ref.predicates), ref.phrases, ()))
+    arms += [(BASE + c, "base", c, {}, (), ()) for c in base_classes]
     columns: dict[str, list] = {name: [] for name in ("cell", "replicate", "class", "label", *spec.axis_names,
                                                       "prompt", "seed", "hypothesis", "arm")}
-    for name, arm, class_name, predicates, phrases in arms:
+    for name, arm, class_name, predicates, phrases, excluded in arms:
         rng = np.random.default_rng([spec.seed, round_index, _stream(name)])
-        prompts, values = draw_prompts(spec, class_name, predicates, phrases, rng, n)
+        prompts, values = draw_prompts(spec, class_name, predicates, phrases, rng, n, excluded)
         columns["cell"] += [-1] * n
         columns["replicate"] += list(range(n))
         columns["class"] += [class_name] * n

@@ -30,13 +30,16 @@ from vbugs_ray.raycluster import ray_session
 from vbugs_ray.roles import registry
 from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec
 from vbugs_ray.store import RunStore, plan_ranges, plan_shards, rows_fingerprint
+from vbugs_ray.verify import complements
 from vbugs_ray.verify.hypotheses import Hypothesis, deduplicate
 from vbugs_ray.verify.plan import BASE, plan_round
 from vbugs_ray.verify.sources import SOURCES, discover
 from vbugs_ray.verify.verdicts import Verdict, arms_of, judge_round, merge_bugs, part_needed
 
 Progress = Callable[[str], None]
-VERSION = 3  # of the verification procedure (2: per-class MLP diagnosis ensembles; 3: merging checks fresh rows): part of the folder key
+# of the verification procedure, part of the folder key (2: per-class MLP diagnosis ensembles; 3: merging checks
+# fresh rows; 4: complements of verified modes tested in the next round)
+VERSION = 4
 
 
 def verify_key(spec: AuditSpec) -> str:
@@ -84,9 +87,11 @@ class Verification:
 
     # -- one round ---------------------------------------------------------------------------
     def _next_tests(self, queue: list[Hypothesis]) -> list[Hypothesis]:
-        """Children of verified descriptions with several parts first (pruning), then the queue."""
-        tests: list[Hypothesis] = []
-        seen = set(self.verdicts)
+        """The complements of the modes verified so far first (``verify.complements``), then the
+        children of verified descriptions with several parts (pruning), then the queue."""
+        tests = complements.propose(self.hypotheses, self.verdicts, self.arms, self.settings.alpha_per_round,
+                                    tested=set(self.verdicts))
+        seen = set(self.verdicts) | {h.key for h in tests}
         for key, verdict in self.verdicts.items():
             h = self.hypotheses[key]
             if verdict.verified and len(h.parts) > 1:

@@ -2,7 +2,9 @@
 
 The test of a hypothesis H of class C, on the valid fresh rows of one round:
 - null: H's images fail no more often than C's base images (same prompt template, nothing fixed
-  but the class; generated afresh for the purpose);
+  but the class; generated afresh for the purpose); for a complement ("square, not grass",
+  ``verify.complements``), than the images of its reference ("square, grass"), generated in the
+  same round: the claim is that the class depends on that value;
 - alternative (one-sided): H's error rate is higher;
 - Fisher's exact test, one-sided (``scipy.stats.fisher_exact``), then Benjamini-Hochberg over every
   hypothesis of the round at ``alpha / rounds`` (verify.settings: the rounds share ``alpha``).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 from scipy.stats import fisher_exact
@@ -55,6 +58,7 @@ class Verdict:
     verified: bool
     top_wrong_predictions: list
     row_ids: list
+    against: str = "base"  # the arm it was tested against: its class's base, or a complement's reference
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,23 +97,31 @@ def fisher_greater(k1: int, n1: int, k2: int, n2: int) -> float:
     return min(float(p), 1.0)  # scipy's sum of tail probabilities can exceed 1 by rounding
 
 
+def against(h: Hypothesis) -> str:
+    """The arm ``h`` is tested against: its class's base, or for a complement ("square, not
+    grass") its reference ("square, grass"): whether the class fails more without the value."""
+    return h.reference.key if h.reference is not None else BASE + h.class_name
+
+
 def judge_round(tests: list[Hypothesis], arms: dict[str, Arm], alpha: float, round_index: int) -> dict[str, Verdict]:
-    """Verdicts for one round's hypotheses against their classes' base arms, BH at ``alpha``."""
+    """Verdicts for one round's hypotheses against their classes' base arms (a complement:
+    against its reference arm), BH at ``alpha`` over all of them."""
     p = []
     for h in tests:
-        arm, base = arms[h.key], arms[BASE + h.class_name]
+        arm, base = arms[h.key], arms[against(h)]
         p.append(fisher_greater(arm.errors, arm.n, base.errors, base.n))
     q = bh_qvalues(np.asarray(p), len(p))
     verdicts = {}
     for h, p_value, q_value in zip(tests, p, q):
-        arm, base = arms[h.key], arms[BASE + h.class_name]
+        arm, base = arms[h.key], arms[against(h)]
         low, high = clopper_pearson(np.array([arm.errors]), np.array([arm.n]))
         verdicts[h.key] = Verdict(
             key=h.key, round=round_index, n=arm.n, errors=arm.errors, error_rate=arm.errors / max(arm.n, 1),
             base_n=base.n, base_errors=base.errors, base_error_rate=base.errors / max(base.n, 1),
             ci_low=float(low[0]), ci_high=float(high[0]), p_value=p_value, q_value=float(q_value),
             verified=bool(q_value <= alpha and arm.n > 0),
-            top_wrong_predictions=[[name, count] for name, count in arm.wrong.most_common(3)], row_ids=arm.row_ids)
+            top_wrong_predictions=[[name, count] for name, count in arm.wrong.most_common(3)], row_ids=arm.row_ids,
+            against="base" if h.reference is None else "reference")
     return verdicts
 
 
@@ -149,7 +161,8 @@ def explained_by(outer: Hypothesis, inner: Hypothesis, arms: dict[str, Arm], alp
     record them), so only an ``outer`` made of axis predicates alone can be asked: ``None`` when
     the rows cannot tell."""
     arm, base = arms.get(inner.key), arms.get(BASE + inner.class_name)
-    if not outer.predicates or outer.phrases or arm is None or base is None or not arm.values or not base.values:
+    if not (outer.predicates or outer.excluded) or outer.phrases or arm is None or base is None \
+            or not arm.values or not base.values:
         return None
     inner_rest, base_rest = _not_described(outer, arm), _not_described(outer, base)
     return fisher_greater(int(arm.failed[inner_rest].sum()), int(inner_rest.sum()),
@@ -157,17 +170,19 @@ def explained_by(outer: Hypothesis, inner: Hypothesis, arms: dict[str, Arm], alp
 
 
 def _not_described(h: Hypothesis, arm: Arm) -> np.ndarray:
-    """The arm's valid rows that ``h``'s axis predicates do not all hold for."""
+    """The arm's valid rows that ``h``'s axis predicates and exclusions do not all hold for."""
     described = np.ones(arm.n, bool)
     for axis, value in h.predicates:
         described &= arm.values[axis] == value
+    for axis, value in h.excluded:
+        described &= arm.values[axis] != value
     return ~described
 
 
 def _slots(groups: dict[str, str], h: Hypothesis) -> frozenset[str]:
     """The properties a description fixes: its axes, and its phrases' groups of exclusive words
     (``groups``: ``exclusive_group(spec)``)."""
-    return frozenset([axis for axis, _ in h.predicates] + [groups.get(p, p) for p in h.phrases])
+    return frozenset([axis for axis, _ in (*h.predicates, *h.excluded)] + [groups.get(p, p) for p in h.phrases])
 
 
 class _Pairs:
@@ -193,6 +208,11 @@ class _Pairs:
     def siblings(self, a: str, b: str) -> bool:
         """The same properties with other values: a cue missing on brick and missing on sand."""
         return self.slots[a] == self.slots[b]
+
+    def covers(self, a: str, b: str) -> bool:
+        """``a`` is a complement ("square, not grass", ``verify.complements``) and ``b``'s excess
+        failures lie inside it."""
+        return bool(self.hypotheses[a].excluded) and self.inside[(a, b)] is True
 
     def one_failure_twice(self, a: str, b: str) -> bool:
         """Siblings, or one whose excess failures lie inside the other's description."""
@@ -237,6 +257,11 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
     """Verified hypotheses grouped into bugs, most severe first.
 
     Two verified hypotheses of one class are linked when
+    - they look alike (below) and one is a complement that the other's excess failures lie
+      inside ("square, not grass" and "square, at night": ``_Pairs.covers``); these links come
+      first and join whatever the groups' names, so a mode's members all join its complement
+      (which explains them all, and so names the bug) even where the fresh images tell the
+      members apart from one another; or
     - one's parts are a subset of the other's (a bug and its refinement), unless the extra parts
       verified on their own too: then the larger one is the conjunction of two bugs; or
     - they look alike, and the fresh images say they are one failure seen twice
@@ -244,11 +269,12 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
       failures they were drawn from overlap (Jaccard >= ``same_failures``: a slice and a cluster
       of the same rows), or their fresh failing images are confused the same way (total
       variation distance between their wrong predictions <= ``same_confusions``).
-    Links join groups, refinements first, unless the fresh images set the two groups' names
-    apart (``_Pairs.apart``), so no chain of weak links makes two failures one.
-    A bug is named by its simplest member (fewest parts, then one that no other member explains,
-    then the higher lower confidence bound); the others are its evidence. Severity: that
-    member's ``ci_low - base_error_rate``.
+    The other links join groups, refinements first, unless the fresh images set the two groups'
+    names apart (``_Pairs.apart``), so no chain of weak links makes two failures one.
+    A bug is named by its simplest member (fewest parts, then the one that explains most other
+    members, then one that no other member explains, then the higher lower confidence bound); the
+    others are its evidence. Severity: the largest
+    ``ci_low - base_error_rate`` of its members (how badly its worst verified form fails).
     """
     keys = [k for k, v in verdicts.items() if v.verified]
     pairs = _Pairs(spec, hypotheses, keys, arms, alpha)
@@ -262,18 +288,20 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
                 continue
             alike = (_jaccard(ha.failing_rows, hb.failing_rows) >= same_failures
                      or confusion_distance(verdicts[a], verdicts[b]) <= same_confusions)
-            if pairs.refines(a, b):
+            if alike and (pairs.covers(a, b) or pairs.covers(b, a)):
                 links.append((0, a, b))
-            elif alike and pairs.one_failure_twice(a, b):
+            elif pairs.refines(a, b):
                 links.append((1, a, b))
+            elif alike and pairs.one_failure_twice(a, b):
+                links.append((2, a, b))
 
     def name_of(group: list[str]) -> str:
-        return min(group, key=lambda k: (len(pairs.parts[k]), any(pairs.inside[(o, k)] for o in group if o != k),
-                                         -verdicts[k].ci_low))
+        return min(group, key=lambda k: (len(pairs.parts[k]), -sum(pairs.inside[(k, o)] is True for o in group if o != k),
+                                         any(pairs.inside[(o, k)] for o in group if o != k), -verdicts[k].ci_low))
 
-    for _, a, b in sorted(links, key=lambda link: link[0]):  # refinements first
+    for kind, a, b in sorted(links, key=lambda link: link[0]):  # complements' covers, then refinements first
         ra, rb = root[a], root[b]
-        if ra == rb or pairs.apart(name_of(members[ra]), name_of(members[rb])):
+        if ra == rb or (kind > 0 and pairs.apart(name_of(members[ra]), name_of(members[rb]))):
             continue
         for k in members[rb]:
             root[k] = ra
@@ -289,7 +317,9 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
             "sources": sources, "hypothesis": best,
             **{name: getattr(v, name) for name in ("n", "errors", "error_rate", "base_error_rate", "ci_low",
                                                    "ci_high", "p_value", "q_value", "top_wrong_predictions")},
-            "severity": v.ci_low - v.base_error_rate,
+            "severity": max(verdicts[k].ci_low - verdicts[k].base_error_rate for k in group),
+            # base_error_rate is of these images: the class's base, or a complement's reference
+            "tested_against": h.reference.description(spec) if h.reference is not None else f"{h.class_name} (base)",
             "evidence": [{"hypothesis": k, "description": hypotheses[k].description(spec),
                           "error_rate": verdicts[k].error_rate, "q_value": verdicts[k].q_value,
                           "sources": [s["kind"] for s in hypotheses[k].sources],
@@ -303,17 +333,28 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
     return bugs
 
 
+def modes(keys: list[str], class_of: Callable[[str], str], distance: Callable[[str, str], float],
+          same: float = SAME_CONFUSIONS) -> list[list[str]]:
+    """``keys`` grouped greedily, in order: each joins the first group of its class whose every
+    member is within ``same`` of it (complete linkage, so no chain joins two unlike ones)."""
+    groups: list[list[str]] = []
+    for key in keys:
+        home = next((g for g in groups if class_of(g[0]) == class_of(key)
+                     and all(distance(o, key) <= same for o in g)), None)
+        if home is None:
+            groups.append(home := [])
+        home.append(key)
+    return groups
+
+
 def _number_modes(bugs: list[dict], verdicts: dict[str, Verdict], same_confusions: float) -> None:
     """``mode`` on each bug (1 = the most severe bug's): bugs of one class whose failures are all
-    confused alike, pairwise (complete linkage, so no chain joins two unlike bugs). Distinct
-    failures by the fresh images, perhaps one mechanism: the demo's squares fail at night, small
-    and on brick, each called a circle, and each fails everywhere but on grass."""
-    modes: list[list[dict]] = []
-    for bug in bugs:
-        home = next((m for m in modes if m[0]["class"] == bug["class"] and all(
-            confusion_distance(verdicts[o["hypothesis"]], verdicts[bug["hypothesis"]]) <= same_confusions
-            for o in m)), None)
-        if home is None:
-            modes.append(home := [])
-        home.append(bug)
-        bug["mode"] = modes.index(home) + 1
+    confused alike, pairwise. Distinct failures by the fresh images, perhaps one mechanism: the
+    demo's squares fail at night, small and on brick, each called a circle, and each fails
+    everywhere but on grass (``verify.complements`` then tests "square, not on grass")."""
+    by_key = {b["hypothesis"]: b for b in bugs}
+    groups = modes(list(by_key), lambda k: by_key[k]["class"],
+                   lambda a, b: confusion_distance(verdicts[a], verdicts[b]), same_confusions)
+    for number, group in enumerate(groups, 1):
+        for key in group:
+            by_key[key]["mode"] = number

@@ -1,0 +1,161 @@
+"""Complements (verify.complements) on plain arrays: a mode of verified descriptions that all
+spare one axis value proposes "the class, not that value"; it is proposed rarely where no value
+is spared (calibration), tested like any hypothesis, and names the bug its mode merges into."""
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from vbugs_ray.report import format_bugs
+from vbugs_ray.spec import parse_spec
+from vbugs_ray.verify import complements
+from vbugs_ray.verify.hypotheses import Hypothesis
+from vbugs_ray.verify.plan import BASE
+from vbugs_ray.verify.verdicts import arms_of, explained_by, judge_round, merge_bugs
+
+
+@pytest.fixture
+def spec(spec_dict):
+    return parse_spec(spec_dict)
+
+
+def _h(cls, preds=(), phrases=(), rows=()):
+    return Hypothesis(cls, tuple(preds), tuple(phrases), sources=({"kind": "slice"},), failing_rows=tuple(rows))
+
+
+def _world(spec, tests, rate, n=200, seed=0, base=True):
+    """Fresh arms drawn as a round draws them, an image failing with probability rate(h, values);
+    every failure is called a circle."""
+    rng = np.random.default_rng(seed)
+    named = [(h.key, h) for h in tests]
+    if base:
+        named += [(BASE + c, _h(c)) for c in sorted({h.class_name for h in tests})]
+    arms = {}
+    for name, h in named:
+        _, values = h.prompts(spec, rng, n)
+        p = np.array([rate(h, {a: values[a][i] for a in values}) for i in range(n)])
+        failed = rng.random(n) < p
+        rows = {"hypothesis": np.full(n, name), "valid": np.ones(n, bool), "error": failed, "row_id": np.arange(n),
+                "pred": np.where(failed, "circle", h.class_name), **{a: np.asarray(v) for a, v in values.items()}}
+        arms.update(arms_of(rows, spec.axis_names))
+    return arms
+
+
+def _spurious(h, v):
+    """Squares fail everywhere but on grass: worse at night and when small."""
+    if v["background"] == "grass":
+        return 0.02
+    return 0.9 if v["lighting"] == "night" or "small" in h.phrases else 0.6
+
+
+def _round_one(spec, rate, seed=0):
+    night = _h("square", [("lighting", "night")], rows=range(0, 40))
+    small = _h("square", [], ["small"], rows=range(30, 70))
+    brick = _h("square", [("background", "brick")], rows=range(60, 100))
+    tests = [night, small, brick]
+    arms = _world(spec, tests, rate, seed=seed)
+    return tests, arms, judge_round(tests, arms, 0.025, 1)
+
+
+def test_a_mode_that_spares_one_value_proposes_its_complement_which_names_the_bug(spec):
+    tests, arms, verdicts = _round_one(spec, _spurious)
+    assert all(v.verified for v in verdicts.values())
+    hypotheses = {h.key: h for h in tests}
+    proposed = complements.propose(hypotheses, verdicts, arms, 0.025, tested=set(verdicts))
+    assert len(proposed) == 1
+    complement = proposed[0]
+    assert complement.excluded == (("background", "grass"),) and complement.description(spec) == "square, not grass"
+    assert complement.prompt_pattern(spec) == "a {colour} square on {background, not grass} {lighting}"
+    assert complement.sources[0]["members"] == [h.key for h in tests]
+    # its images never show grass, and draw the other backgrounds evenly
+    _, values = complement.prompts(spec, np.random.default_rng(0), 2000)
+    counts = {b: values["background"].count(b) for b in set(values["background"])}
+    assert "grass" not in counts and min(counts.values()) > 450
+    # round two: the complement is tested on fresh images against its reference, "square, grass"
+    assert complement.reference == Hypothesis("square", (("background", "grass"),))
+    arms2 = _world(spec, [complement, complement.reference], _spurious, seed=1)
+    round_two = judge_round([complement], arms2, 0.025, 2)
+    verdict = round_two[complement.key]
+    assert verdict.verified and verdict.against == "reference" and verdict.base_error_rate < 0.1
+    hypotheses[complement.key] = complement
+    arms.update({complement.key: arms2[complement.key]})
+    # each member's failures lie inside "not grass": the complement explains them all
+    for h in tests:
+        assert explained_by(complement, h, arms, 0.025)
+    bugs = merge_bugs(spec, hypotheses, {**verdicts, **round_two}, arms, 0.025)
+    assert len(bugs) == 1
+    bug = bugs[0]
+    assert bug["description"] == "square, not grass"
+    assert {e["description"] for e in bug["evidence"]} == {"square, not grass", "square, at night", "square, small",
+                                                            "square, brick"}
+    every = {**verdicts, **round_two}
+    assert bug["severity"] == max(v.ci_low - v.base_error_rate for v in every.values())  # its worst form
+    assert bug["tested_against"] == "square, grass"
+    table = format_bugs({"verified_bugs": bugs, "hypotheses": [], "verification": {}})
+    assert "     base: fresh images of square, grass (fails without it, not with it)" in table, table
+
+
+def test_no_complement_where_no_value_is_spared(spec):
+    """Squares fail at night and when small, on every background alike: over 200 worlds, a mode
+    proposes a complement in at most alpha of them (binomial bound)."""
+    def rate(h, v):
+        return 0.8 if v["lighting"] == "night" or "small" in h.phrases else 0.1
+
+    proposals = 0
+    worlds = 200
+    for seed in range(worlds):
+        night = _h("square", [("lighting", "night")])
+        small = _h("square", [], ["small"])
+        arms = _world(spec, [night, small], rate, n=150, seed=seed, base=False)
+        verdicts = {h.key: _verified(h.key, arms[h.key]) for h in (night, small)}
+        proposals += bool(complements.propose({h.key: h for h in (night, small)}, verdicts, arms, 0.05, set()))
+    assert proposals <= binom.ppf(0.99, worlds, 0.05), proposals
+
+
+def _verified(key, arm):
+    from vbugs_ray.verify.verdicts import Verdict
+
+    return Verdict(key=key, round=1, n=arm.n, errors=arm.errors, error_rate=arm.errors / arm.n, base_n=arm.n,
+                   base_errors=0, base_error_rate=0.0, ci_low=0.5, ci_high=0.9, p_value=1e-9, q_value=1e-8,
+                   verified=True, top_wrong_predictions=[["circle", arm.errors]], row_ids=[])
+
+
+def test_one_verified_description_or_unlike_confusions_propose_nothing(spec):
+    tests, arms, verdicts = _round_one(spec, _spurious)
+    night = tests[0]
+    assert complements.propose({night.key: night}, {night.key: verdicts[night.key]}, arms, 0.025, set()) == []
+    confused_otherwise = dict(verdicts)
+    small = tests[1].key
+    confused_otherwise[small] = _verified(small, arms[small])
+    confused_otherwise[small].top_wrong_predictions = [["star", arms[small].errors]]
+    pair = {k: confused_otherwise[k] for k in (night.key, small)}
+    assert complements.propose({h.key: h for h in tests[:2]}, pair, arms, 0.025, set()) == []
+    # a complement already tested is not proposed again
+    proposed = complements.propose({h.key: h for h in tests}, verdicts, arms, 0.025, set())
+    assert complements.propose({h.key: h for h in tests}, verdicts, arms, 0.025, {proposed[0].key}) == []
+
+
+def test_an_exclusion_is_a_part_like_any_other(spec):
+    h = Hypothesis("square", (("lighting", "night"),), excluded=(("background", "grass"),))
+    assert h.parts == [("lighting", "night"), ("!background", "grass")]
+    assert h.description(spec) == "square, at night, not grass"
+    child = h.without(("!background", "grass"))
+    assert child.excluded == () and child.removed == "background!=grass" and child.predicates == h.predicates
+    assert Hypothesis.from_state(h.state()) == h
+    assert h.key != Hypothesis("square", (("lighting", "night"),)).key
+    assert Hypothesis("square", (("lighting", "night"),)).key == _h("square", [("lighting", "night")]).key
+
+
+def test_a_round_plans_a_complements_reference_arm_once(spec):
+    from vbugs_ray.verify.plan import plan_round
+
+    complement = Hypothesis("square", (), excluded=(("background", "grass"),))
+    grass = Hypothesis("square", (("background", "grass"),))
+    table = plan_round(spec, [complement], ["square"], 20, 1000, set(), 2).to_pydict()
+    by_arm = {arm: [i for i, a in enumerate(table["arm"]) if a == arm] for arm in set(table["arm"])}
+    assert {arm: len(rows) for arm, rows in by_arm.items()} == {"hypothesis": 20, "reference": 20, "base": 20}
+    assert {table["background"][i] for i in by_arm["reference"]} == {"grass"}
+    assert "grass" not in {table["background"][i] for i in by_arm["hypothesis"]}
+    assert {table["hypothesis"][i] for i in by_arm["reference"]} == {grass.key}
+    both = plan_round(spec, [complement, grass], ["square"], 20, 1000, set(), 2).to_pydict()
+    assert both["arm"].count("reference") == 0 and both["hypothesis"].count(grass.key) == 20  # tested anyway
