@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from vbugs_ray import batchprobe
 from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.errors import SpecError
@@ -78,7 +79,7 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
                  f"{n_done}/{len(pending)} pending done, {time.time() - t0:.0f}s)")
 
     with ray_session(spec.run, progress, actor_needs(spec)) if spec.run.executor == "ray" else contextlib.nullcontext():
-        executor = make_executor(spec)
+        executor = make_executor(batchprobe.resolve(spec, store.root, progress))
         try:
             loads = executor.run(grid, store, pending, published)
         finally:

@@ -46,6 +46,17 @@ def _dtype(value: Any, where: str) -> str:
     return DTYPE_NAMES[value]
 
 
+AUTO = "auto"
+
+
+def _batch_size(value: Any, where: str) -> int | str:
+    """Rows per model call: an integer >= 1, or ``auto``: the largest that pays, measured on
+    the role's own device before the run (``batchprobe``)."""
+    if value == AUTO:
+        return AUTO
+    return check_value(value, where, kind=int, low=1)
+
+
 def _device(value: Any, where: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
         raise SpecError(where, f"expected auto, cpu, cuda or cuda:N; got {quote(value)}")
@@ -78,7 +89,7 @@ class RoleSpec:
 
     backend: str = option(REQUIRED, kind=str, doc="the name of a backend")
     options: dict = option({}, kind=dict, doc="backend options")
-    batch_size: int = option(256, kind=int, low=1)
+    batch_size: int | str = option(256, parse=_batch_size)  # "auto": probed (batchprobe); resolved before use
     concurrency: int = option(1, kind=int, low=1)
     num_cpus: float = option(0.25, kind=float, low=0, low_open=True)
     num_gpus: float = option(0.0, kind=float, low=0)
@@ -199,6 +210,8 @@ def _parse_role(role: str, data: Any, run: RunSpec) -> RoleSpec:
     if isinstance(data, str):
         data = {"backend": data}
     spec = parse_options(RoleSpec, data, role)
+    if spec.batch_size == AUTO and role == "captioner":
+        raise SpecError(f"{role}.batch_size", "auto is for the generator, embedder and classifier; give a number")
     if run.executor == "ray" and role != "captioner" and spec.device.startswith("cuda") and spec.num_gpus == 0:
         raise SpecError(f"{role}.num_gpus", f"device {spec.device} needs num_gpus > 0 (fractions allowed) "
                         f"so that Ray places the actor on a GPU; or set device: auto")

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vbugs_ray import batchprobe
 from vbugs_ray.atomic import atomic_write, atomic_write_json
 from vbugs_ray.cache import key_of
 from vbugs_ray.pipeline import actor_needs, make_executor
@@ -178,7 +179,7 @@ class Verification:
             if not executor_box:
                 for role in PIPELINE_ROLES:
                     registry.prepare(role, getattr(self.spec, role), self.spec, progress)
-                executor_box.append(make_executor(self.spec))
+                executor_box.append(make_executor(batchprobe.resolve(self.spec, self.store.root, progress)))
             return executor_box[0]
 
         generated = 0
