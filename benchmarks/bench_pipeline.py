@@ -13,6 +13,9 @@ and a Dataset-Interfaces-style loop, side by side on the same spec and prompts. 
 - (c) one image per call: generator, embedder and classifier called image by image, as the
   Dataset Interfaces code generates and scores (fewer images: it is slow).
 
+Also the generator's FLOPs per image (``torch.utils.flop_counter``) and, on a GPU with a known
+bf16 peak, its model FLOP utilisation in (a); the peak GPU memory of this process (a, a', c).
+
 Ratios: ``b_over_min_a``, ``b_over_a_serial``, ``b_over_c``. Default spec: the toy world
 (jobs/toyworld.yaml); any spec with --spec (on a GPU machine: the full-size architectures).
 Usage: python benchmarks/bench_pipeline.py [--spec SPEC.yaml] [--images 7200] [--json OUT]
@@ -74,6 +77,38 @@ def stages_alone(spec, rows) -> dict:
         out[role] = {"images_per_s": round(rates[best], 1), "best_batch_size": best,
                      "by_batch_size": {str(k): round(v, 1) for k, v in rates.items()}}
     return out
+
+
+# Dense bf16 peak FLOP/s by device name (vendor datasheets, without sparsity), for the MFU.
+BF16_PEAK = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+             ("L4", 121e12), ("A10G", 125e12), ("RTX 4090", 165e12))
+
+
+def generator_flops(spec, rows, batch_size: int, images_per_s: float) -> dict:
+    """The generator's FLOPs per image, counted by ``torch.utils.flop_counter`` over one batch of
+    ``batch_size`` rows (the matmuls, convolutions and attention of its torch modules; a numpy
+    renderer counts none), the FLOP/s that its stage-alone rate implies, and with a known GPU,
+    the model FLOP utilisation against the device's bf16 peak."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    stage = GenerateStage(spec)
+    batch = {name: rows.column(name).to_numpy(zero_copy_only=False)[:batch_size] for name in ("prompt", "seed")}
+    with FlopCounterMode(display=False) as counter:
+        stage(batch)
+    per_image = counter.get_total_flops() / len(batch["prompt"])
+    achieved = per_image * images_per_s
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    peak = next((flops for key, flops in BF16_PEAK if key in name), None)
+    return {"flops_per_image": per_image, "achieved_flops_per_s": achieved, "device_bf16_peak": peak,
+            "mfu": round(achieved / peak, 4) if peak and per_image else None}
+
+
+def peak_gpu_memory_gb() -> float | None:
+    """The most GPU memory this process held at once (the in-process measurements)."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
 def all_in_process(spec, rows, folder: Path) -> dict:
@@ -163,6 +198,7 @@ def main() -> None:
         folder = Path(tmp)
         b = through_vbugs(spec_dict, folder, args.num_cpus)
         a = stages_alone(spec, rows.slice(0, min(rows.num_rows, args.probe_images)))
+        flops = generator_flops(spec, rows, a["generator"]["best_batch_size"], a["generator"]["images_per_s"])
         a_serial = all_in_process(spec, rows, folder)
         c = one_at_a_time(spec, rows, args.loop_images)
     min_a = min(v["images_per_s"] for v in a.values())
@@ -174,6 +210,7 @@ def main() -> None:
         "b_over_a_serial": round(b["images_per_s"] / a_serial["images_per_s"], 3) if b["images_per_s"] else None,
         "b_over_c": round(b["images_per_s"] / c["images_per_s"], 2) if b["images_per_s"] else None,
         "peak_rss_gb_this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_gpu_memory_gb_this_process": peak_gpu_memory_gb(), "generator_flops": flops,
     }
     text = json.dumps(result, indent=2)
     if args.json:
