@@ -40,7 +40,7 @@ def test_demo_spec_verifies_its_planted_bugs_first_and_second(tmp_path):
     first, second = sorted(bugs[:2], key=lambda b: b["class"])
     # the spurious cue, named once: squares fail off grass, against fresh squares on grass
     assert first["description"] == "square, not grass", [b["description"] for b in bugs]
-    assert first["base_error_rate"] < 0.05 and first["sources"].count("complement") == 1
+    assert first["base_error_rate"] < 0.05 and "complement" in first["sources"]
     assert {"square, at night", "square, small"} <= {e["description"] for e in first["evidence"]}
     assert second["class"] == "star" and "at night" in second["description"]
     assert [b["class"] for b in bugs].count("square") == 1, [b["description"] for b in bugs]

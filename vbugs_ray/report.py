@@ -60,6 +60,8 @@ def format_bugs(report: dict, top: int = 10) -> str:
                      f"{bug['base_error_rate']:>6.3f} {ci:>13} {bug['q_value']:>9.2e}  {','.join(bug['sources'])}")
         if not bug.get("tested_against", " (base)").endswith(" (base)"):
             lines.append(f"{'':>5}base: fresh images of {bug['tested_against']} (fails without it, not with it)")
+        if bug.get("severity_from", bug["description"]) != bug["description"]:
+            lines.append(f"{'':>5}ranked by its worst form: {bug['severity_from']}")
         others = [e["description"] for e in bug["evidence"] if e["hypothesis"] != bug["hypothesis"]]
         if others:
             lines.append(f"{'':>5}also: {'; '.join(others[:4])}{' ...' if len(others) > 4 else ''}")

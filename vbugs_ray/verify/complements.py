@@ -8,17 +8,19 @@ share: on grass, where each leaves the background open, none of them fails.
 So, after a round, for each class whose verified hypotheses form one *mode* (two or more, their
 fresh failures confused alike pairwise), the axis value that is safe for all of them is found on
 their pooled fresh images: over the axes some member leaves open, the value ``v`` of axis ``a``
-that minimises the one-sided Fisher p-value of "images with ``a != v`` fail more often than images
-with ``a = v``". When that p-value is at most the round's level divided by the number of values
-looked at (Bonferroni: with no safe value, a mode proposes nothing in all but ``alpha`` of
-worlds), the complement "the class, not ``v``" (images drawn with ``a`` over its other values) is
-proposed for the next round. There it is tested on fresh images against its reference arm, "the
-class, ``v``", generated in the same round (null: the class fails no more often without ``v``
-than with it; one-sided Fisher, in the round's BH family): the claim is a dependence on a cue,
-which a comparison with the class's base, itself mostly without ``v``, would barely see. The
-choice of ``v`` is made on one round's images and tested on the next's, so the selection does
-not bias the test. ``merge_bugs`` then finds each member explained by the complement (no excess
-failure on ``v``) and names their bug by it.
+with the smallest p-value that images with ``v`` fail less often than images with *each* other
+value (an intersection-union test: the largest of the one-sided Fisher p-values, one per other
+value; one bad value, brick, does not make an arbitrary other value look spared). When that
+p-value is at most the round's level divided by the number of values looked at (Bonferroni: with
+no spared value, a mode proposes nothing in all but ``alpha`` of worlds), the complement "the
+class, not ``v``" (images drawn with ``a`` over its other values) is proposed for the next round.
+There it is tested on fresh images against its *reference* arm, "the class, ``v``", generated in
+the same round: null, some other value's images fail no more often than the reference's; the
+same intersection-union form, one-sided Fisher per value, in the round's BH family. The claim is
+a dependence on a cue, which a comparison with the class's base, itself mostly without ``v``,
+would barely see. The choice of ``v`` is made on one round's images and tested on the next's, so
+the selection does not bias the test. ``merge_bugs`` then joins the complement with each member
+whose own images spare ``v`` (``verdicts._Pairs.covers``), and names their bug by it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from vbugs_ray.verify.hypotheses import Hypothesis
-from vbugs_ray.verify.verdicts import Arm, Verdict, confusion_distance, fisher_greater, modes
+from vbugs_ray.verify.verdicts import Arm, Verdict, confusion_distance, modes, spared_p
 
 KIND = "complement"
 MIN_MEMBERS = 2
@@ -35,9 +37,10 @@ MIN_MEMBERS = 2
 def safe_value(members: list[Hypothesis], arms: dict[str, Arm]
                ) -> tuple[str, str, float, list[int], list[int], int] | None:
     """(axis, value, p, [errors, n] with it, [errors, n] without it, values looked at) of the
-    value the members' pooled fresh images fail least on against the rest. Per axis, only the
-    members that leave it open are pooled (their images draw its values alike, so pooling mixes
-    no member's rate into one value's); a value that some member fixes is not spared."""
+    value the members' pooled fresh images fail least on against every other value
+    (``spared_p``). Per axis, only the members that leave it open are pooled (their images draw
+    its values alike, so pooling mixes no member's rate into one value's); a value that some
+    member fixes is not spared."""
     if any(h.key not in arms or not arms[h.key].values for h in members):
         return None
     best, looked = None, 0
@@ -52,11 +55,11 @@ def safe_value(members: list[Hypothesis], arms: dict[str, Arm]
             if value in fixed:
                 continue  # a member fails with it: not spared
             looked += 1
-            on = values == value
-            k_on, n_on, k_off, n_off = int(failed[on].sum()), int(on.sum()), int(failed[~on].sum()), int((~on).sum())
-            p = fisher_greater(k_off, n_off, k_on, n_on)
+            p, _ = spared_p(values, failed, value)
             if best is None or p < best[2]:
-                best = (axis, str(value), p, [k_on, n_on], [k_off, n_off])
+                on = values == value
+                best = (axis, str(value), p, [int(failed[on].sum()), int(on.sum())],
+                        [int(failed[~on].sum()), int((~on).sum())])
     return None if best is None else (*best, looked)
 
 

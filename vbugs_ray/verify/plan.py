@@ -21,6 +21,7 @@ from vbugs_ray.spec import AuditSpec
 from vbugs_ray.verify.hypotheses import Hypothesis, draw_prompts
 
 BASE = "base:"
+REF = "ref:"  # a complement's reference arm: its own rows, never another test's
 _SALT = 0x5EED_F4E5  # keeps verification seed streams apart from the grid's (cell, replicate) ones
 
 
@@ -50,11 +51,8 @@ def plan_round(spec: AuditSpec, tests: list[Hypothesis], base_classes: list[str]
                used_seeds: set[int], round_index: int) -> pa.Table:
     """The round's rows: ``n`` per hypothesis in ``tests`` and per class in ``base_classes``."""
     arms = [(h.key, "hypothesis", h.class_name, dict(h.predicates), h.phrases, h.excluded) for h in tests]
-    keys = {h.key for h in tests}
-    for ref in (h.reference for h in tests if h.reference is not None):
-        if ref.key not in keys:  # a complement's reference arm, unless tested itself this round
-            keys.add(ref.key)
-            arms.append((ref.key, "reference", ref.class_name, dict(ref.predicates), ref.phrases, ()))
+    refs = {h.reference.key: h.reference for h in tests if h.reference is not None}
+    arms += [(REF + key, "reference", ref.class_name, dict(ref.predicates), ref.phrases, ()) for key, ref in refs.items()]
     arms += [(BASE + c, "base", c, {}, (), ()) for c in base_classes]
     columns: dict[str, list] = {name: [] for name in ("cell", "replicate", "class", "label", *spec.axis_names,
                                                       "prompt", "seed", "hypothesis", "arm")}

@@ -39,8 +39,8 @@ from vbugs_ray.verify.verdicts import Verdict, arms_of, judge_round, merge_bugs,
 
 Progress = Callable[[str], None]
 # of the verification procedure, part of the folder key (2: per-class MLP diagnosis ensembles; 3: merging checks
-# fresh rows; 4: complements of verified modes tested in the next round)
-VERSION = 4
+# fresh rows; 4: complements of verified modes tested in the next round; 5: their reference arms apart, IUT tests)
+VERSION = 5
 
 
 def verify_key(spec: AuditSpec) -> str:

@@ -35,7 +35,7 @@ from vbugs_ray.slices.search import bh_qvalues
 from vbugs_ray.slices.stats import clopper_pearson
 from vbugs_ray.spec import AuditSpec
 from vbugs_ray.verify.hypotheses import Hypothesis
-from vbugs_ray.verify.plan import BASE
+from vbugs_ray.verify.plan import BASE, REF
 
 SAME_FAILURES = 0.5
 SAME_CONFUSIONS = 0.25
@@ -100,16 +100,41 @@ def fisher_greater(k1: int, n1: int, k2: int, n2: int) -> float:
 def against(h: Hypothesis) -> str:
     """The arm ``h`` is tested against: its class's base, or for a complement ("square, not
     grass") its reference ("square, grass"): whether the class fails more without the value."""
-    return h.reference.key if h.reference is not None else BASE + h.class_name
+    return REF + h.reference.key if h.reference is not None else BASE + h.class_name
+
+
+def spared_p(values: np.ndarray, failed: np.ndarray, value: str) -> tuple[float, str | None]:
+    """p-value that images with ``value`` fail less often than images with *each* other value
+    (an intersection-union test: the largest of the one-sided Fisher p-values of every other
+    value against it), and the other value that gave it. One bad value does not make the rest
+    look spared, as a comparison with all other values pooled would."""
+    on = values == value
+    k_on, n_on = int(failed[on].sum()), int(on.sum())
+    worst, worst_value = 0.0, None
+    for other in np.unique(values[~on]):
+        at = values == other
+        p = fisher_greater(int(failed[at].sum()), int(at.sum()), k_on, n_on)
+        if p >= worst:
+            worst, worst_value = p, str(other)
+    return (worst, worst_value) if worst_value is not None else (1.0, None)
+
+
+def one_sided_p(h: Hypothesis, arm: Arm, against_arm: Arm) -> float:
+    """One-sided: ``h``'s images fail more often than ``against_arm``'s. For a complement, every
+    value it draws must (the largest p over its values, ``spared_p`` with the reference's rows
+    as the spared value's)."""
+    if h.reference is None or not arm.values:
+        return fisher_greater(arm.errors, arm.n, against_arm.errors, against_arm.n)
+    axis = h.excluded[0][0]
+    values = np.concatenate([arm.values[axis], np.full(against_arm.n, "\0reference")])
+    failed = np.concatenate([arm.failed, np.ones(against_arm.errors, bool), np.zeros(against_arm.n - against_arm.errors, bool)])
+    return spared_p(values, failed, "\0reference")[0]
 
 
 def judge_round(tests: list[Hypothesis], arms: dict[str, Arm], alpha: float, round_index: int) -> dict[str, Verdict]:
     """Verdicts for one round's hypotheses against their classes' base arms (a complement:
     against its reference arm), BH at ``alpha`` over all of them."""
-    p = []
-    for h in tests:
-        arm, base = arms[h.key], arms[against(h)]
-        p.append(fisher_greater(arm.errors, arm.n, base.errors, base.n))
+    p = [one_sided_p(h, arms[h.key], arms[against(h)]) for h in tests]
     q = bh_qvalues(np.asarray(p), len(p))
     verdicts = {}
     for h, p_value, q_value in zip(tests, p, q):
@@ -190,7 +215,7 @@ class _Pairs:
 
     def __init__(self, spec: AuditSpec, hypotheses: dict[str, Hypothesis], keys: list[str],
                  arms: dict[str, Arm], alpha: float):
-        self.hypotheses = hypotheses
+        self.hypotheses, self.arms, self.alpha = hypotheses, arms, alpha
         self.parts = {k: frozenset(hypotheses[k].parts) for k in keys}
         groups = exclusive_group(spec)
         self.slots = {k: _slots(groups, hypotheses[k]) for k in keys}
@@ -210,9 +235,23 @@ class _Pairs:
         return self.slots[a] == self.slots[b]
 
     def covers(self, a: str, b: str) -> bool:
-        """``a`` is a complement ("square, not grass", ``verify.complements``) and ``b``'s excess
-        failures lie inside it."""
-        return bool(self.hypotheses[a].excluded) and self.inside[(a, b)] is True
+        """``a`` is a complement ("square, not grass", ``verify.complements``) and ``b``'s own
+        fresh images spare its value, by positive evidence: ``b`` leaves the axis open, its
+        images with the value fail less often than its others (one-sided Fisher at the round's
+        level), and no more often than the complement's reference images (not significant).
+        A description that fixes the axis ("square, brick") is no evidence either way: it joins
+        through the usual rules (siblings, explained, refinements) or stays apart."""
+        c, m = self.hypotheses[a], self.hypotheses[b]
+        if not c.excluded or m.excluded or c.class_name != m.class_name:
+            return False
+        axis, value = c.excluded[0]
+        arm, ref = self.arms.get(m.key), self.arms.get(REF + c.reference.key)
+        if axis in dict(m.predicates) or arm is None or ref is None or axis not in arm.values:
+            return False
+        on = arm.values[axis] == value
+        k_on, n_on, k_off, n_off = int(arm.failed[on].sum()), int(on.sum()), int(arm.failed[~on].sum()), int((~on).sum())
+        return (fisher_greater(k_off, n_off, k_on, n_on) <= self.alpha
+                and fisher_greater(k_on, n_on, ref.errors, ref.n) > self.alpha)
 
     def one_failure_twice(self, a: str, b: str) -> bool:
         """Siblings, or one whose excess failures lie inside the other's description."""
@@ -257,10 +296,10 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
     """Verified hypotheses grouped into bugs, most severe first.
 
     Two verified hypotheses of one class are linked when
-    - they look alike (below) and one is a complement that the other's excess failures lie
-      inside ("square, not grass" and "square, at night": ``_Pairs.covers``); these links come
+    - they look alike (below) and one is a complement whose value the other's own fresh images
+      spare ("square, not grass" and "square, at night": ``_Pairs.covers``); these links come
       first and join whatever the groups' names, so a mode's members all join its complement
-      (which explains them all, and so names the bug) even where the fresh images tell the
+      (which covers them all, and so names the bug) even where the fresh images tell the
       members apart from one another; or
     - one's parts are a subset of the other's (a bug and its refinement), unless the extra parts
       verified on their own too: then the larger one is the conjunction of two bugs; or
@@ -271,10 +310,10 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
       variation distance between their wrong predictions <= ``same_confusions``).
     The other links join groups, refinements first, unless the fresh images set the two groups'
     names apart (``_Pairs.apart``), so no chain of weak links makes two failures one.
-    A bug is named by its simplest member (fewest parts, then the one that explains most other
-    members, then one that no other member explains, then the higher lower confidence bound); the
-    others are its evidence. Severity: the largest
-    ``ci_low - base_error_rate`` of its members (how badly its worst verified form fails).
+    A bug is named by its simplest member (fewest parts, then the complement that covers most
+    other members, then one that no other member explains, then the higher lower confidence
+    bound); the others are its evidence. Severity: the largest ``ci_low`` minus the class's base
+    rate among its members (how badly its worst verified form fails, ``severity_from``).
     """
     keys = [k for k, v in verdicts.items() if v.verified]
     pairs = _Pairs(spec, hypotheses, keys, arms, alpha)
@@ -296,8 +335,16 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
                 links.append((2, a, b))
 
     def name_of(group: list[str]) -> str:
-        return min(group, key=lambda k: (len(pairs.parts[k]), -sum(pairs.inside[(k, o)] is True for o in group if o != k),
+        return min(group, key=lambda k: (len(pairs.parts[k]), -sum(pairs.covers(k, o) for o in group if o != k),
                                          any(pairs.inside[(o, k)] for o in group if o != k), -verdicts[k].ci_low))
+
+    def severity(k: str) -> float:
+        """``ci_low`` above the class's base rate (a complement's too, though it was tested
+        against its reference, so that every member is measured from the same point)."""
+        base = arms.get(BASE + hypotheses[k].class_name)
+        rate = base.errors / base.n if hypotheses[k].excluded and base is not None and base.n else \
+            verdicts[k].base_error_rate
+        return verdicts[k].ci_low - rate
 
     for kind, a, b in sorted(links, key=lambda link: link[0]):  # complements' covers, then refinements first
         ra, rb = root[a], root[b]
@@ -317,7 +364,8 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
             "sources": sources, "hypothesis": best,
             **{name: getattr(v, name) for name in ("n", "errors", "error_rate", "base_error_rate", "ci_low",
                                                    "ci_high", "p_value", "q_value", "top_wrong_predictions")},
-            "severity": max(verdicts[k].ci_low - verdicts[k].base_error_rate for k in group),
+            "severity": max(severity(k) for k in group),
+            "severity_from": hypotheses[max(group, key=severity)].description(spec),  # its worst verified form
             # base_error_rate is of these images: the class's base, or a complement's reference
             "tested_against": h.reference.description(spec) if h.reference is not None else f"{h.class_name} (base)",
             "evidence": [{"hypothesis": k, "description": hypotheses[k].description(spec),
