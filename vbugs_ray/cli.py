@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import re
 import signal
@@ -273,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vbugs: {how}; finished shards are kept, re-run the same command to resume", file=sys.stderr)
         return status
     finally:
-        if previous is not None:  # None: set outside Python, nothing to put back
-            with contextlib.suppress(ValueError):  # not the main thread: nothing was installed
-                signal.signal(signal.SIGTERM, previous)
+        signals.restore(previous)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
         text = repr(value)
     except ValueError:  # an integer too long to print (Python's 4300-digit limit)
         text = "<an integer too long to print>"
-    return _cut(one_line(text), limit)
+    return cut(one_line(text), limit)
 
 
 def one_line(text: str) -> str:
@@ -28,7 +28,8 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _cut(text: str, limit: int) -> str:
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ending in "..." when cut."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -37,7 +38,7 @@ class SpecError(ValueError):
     and the message are made one line and cut, so no spec can make the error line long."""
 
     def __init__(self, field_path: str, message: str):
-        field_path, message = _cut(one_line(str(field_path)), FIELD_CHARS), _cut(one_line(message), MESSAGE_CHARS)
+        field_path, message = cut(one_line(str(field_path)), FIELD_CHARS), cut(one_line(message), MESSAGE_CHARS)
         self.field, self.message = field_path, message
         super().__init__(f"spec field '{field_path}': {message}")
 

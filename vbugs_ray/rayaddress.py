@@ -18,20 +18,21 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from vbugs_ray.errors import SpecError, UsageError, quote
+from vbugs_ray.errors import SpecError, UsageError, cut, one_line, quote
 from vbugs_ray.spec import RunSpec
 
 Progress = Callable[[str], None]
 
 TIMEOUT_ENV = "VBUGS_RAY_CONNECT_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 30.0
-ADDRESS_FORMS = ("give host:port (the head node's GCS, e.g. 10.0.0.5:6379), ray://host:10001 (Ray Client), "
-                 "auto or local")
+MAX_TIMEOUT_S = 86_400.0  # a day; beyond it a wait is a mistake (and threading.Timer overflows near 1e300)
+ADDRESS_FORMS = "give host:port of the head's GCS (e.g. 10.0.0.5:6379), ray://host:10001, auto or local"
 
 
 @dataclass(frozen=True)
@@ -74,24 +75,25 @@ def resolve(run: RunSpec) -> RayAddress:
     text = address.text
     if "://" in text and not address.client:
         scheme = text.split("://", 1)[0]
-        hint = " (that is the dashboard / job-submission address)" if scheme in ("http", "https") else ""
-        raise address.error(f"vbugs joins a cluster, not a {scheme}:// service{hint}: {ADDRESS_FORMS}")
+        hint = " (a dashboard / job-submission address)" if scheme in ("http", "https") else ""
+        raise address.error(f"not a {scheme}:// service{hint}: {ADDRESS_FORMS}")
     if address.client and importlib.util.find_spec("grpc") is None:
-        raise address.error("ray:// connects through Ray Client, which needs pip install 'ray[client]'; "
-                            "on a cluster node or under ray job submit, give the GCS address host:6379 instead")
+        raise address.error("ray:// needs Ray Client: pip install 'ray[client]'; or, on a cluster node or "
+                            "under ray job submit, give the GCS address host:6379")
     if text != "auto" and host_port(text) is None:
         raise address.error(f"not a Ray address: {ADDRESS_FORMS}")
     return address
 
 
 def host_port(text: str) -> tuple[str, int] | None:
-    """('10.0.0.5', 6379) from '10.0.0.5:6379', 'ray://host:10001' or '[::1]:6379'; None if malformed."""
+    """('10.0.0.5', 6379) from '10.0.0.5:6379', 'ray://host:10001' or '[::1]:6379' (an IPv6
+    address in brackets, as Ray reads it); None for anything Ray would not take."""
     rest = text.split("://", 1)[1] if "://" in text else text
-    host, sep, port = rest.rstrip("/").rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in host for c in " /@?#"):
+    found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([A-Za-z0-9._-]+):([0-9]{1,5})", rest)
+    if found is None:
         return None
-    return host, int(port)
+    host, port = (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
+    return (host, int(port)) if 0 < int(port) < 65536 else None
 
 
 def connect_timeout(run: RunSpec) -> float:
@@ -105,21 +107,35 @@ def connect_timeout(run: RunSpec) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{TIMEOUT_ENV}={quote(text)}: must be a number of seconds > 0, e.g. 60")
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
+        raise UsageError(f"{TIMEOUT_ENV}={quote(text)}: must be a number of seconds > 0 and <= {MAX_TIMEOUT_S:g}, "
+                         "e.g. 60")
     return value
+
+
+def join_deadline(timeout_s: float) -> float:
+    """How long ``ray.init`` may take to join once the address answers: twice the wait, at least
+    10 s (a short wait, set to fail fast on a dead address, must not cut a healthy join short)."""
+    return min(max(2 * timeout_s, 10.0), MAX_TIMEOUT_S)
 
 
 def latest_cluster(address: RayAddress) -> RayAddress:
     """For 'auto': the address of the cluster Ray would pick (the last `ray start` on this
-    machine, or the only running one), found the way Ray's own CLI finds it."""
+    machine, else the one running here), found the way Ray's own CLI finds it, with RAY_ADDRESS
+    set aside (Ray reads it first, and 'auto' in the spec must not mean the environment's)."""
     from ray._private.services import canonicalize_bootstrap_address_or_die
 
+    saved = os.environ.pop("RAY_ADDRESS", None)
     try:
         found = canonicalize_bootstrap_address_or_die("auto")
-    except ConnectionError:
-        raise address.error("no running Ray cluster found on this machine; start one with ray start --head, "
-                            "or give its address") from None
+    except ConnectionError as exc:
+        raise address.error(f"no Ray cluster to join on this machine ({cut(one_line(str(exc)), 90)}); start one "
+                            "with ray start --head, or give its address") from None
+    finally:
+        if saved is not None:
+            os.environ["RAY_ADDRESS"] = saved
+    if "://" in found or host_port(found) is None:
+        raise address.error(f"Ray found {quote(found)}, which is not host:port; give the address")
     return RayAddress(found, address.from_spec, given=address.text)
 
 
@@ -141,9 +157,9 @@ def wait_until_reachable(address: RayAddress, timeout_s: float, progress: Progre
             reason = exc.strerror or type(exc).__name__
         left = deadline - time.monotonic()
         if left <= 0:
-            raise address.error(
-                f"nothing answers at {host}:{port} after {timeout_s:g}s ({reason}): start the cluster or fix the "
-                f"address; the wait is set by run.ray_connect_timeout_s or {TIMEOUT_ENV}") from None
+            wait = "run.ray_connect_timeout_s" if address.from_spec else TIMEOUT_ENV
+            raise address.error(f"nothing answers at {host}:{port} after {timeout_s:g}s ({reason}); start the "
+                                f"cluster, fix the address or wait longer ({wait})") from None
         if not said:
             progress(f"waiting up to {timeout_s:g}s for Ray at {address} ({reason})")
             said = True

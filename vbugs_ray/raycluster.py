@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 from typing import Callable, Iterator, Mapping
 
 from vbugs_ray import rayaddress, runlock, signals
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import SpecError, cut, one_line
 from vbugs_ray.slices.counts import LocalRunner, Runner
 from vbugs_ray.spec import RunSpec
 
@@ -31,42 +32,62 @@ def start_ray(run: RunSpec, progress: Progress) -> str | None:
         # read/write tasks coexist on a small machine instead of deadlocking on CPU reservations.
         num_cpus = run.ray_num_cpus or max(os.cpu_count() or 1, 8)
         progress(f"starting a local Ray with {num_cpus} logical CPUs")
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-        signals.install()  # ray.init replaced our SIGTERM handler with its own
+        _ray_init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         return "local"
     timeout_s = rayaddress.connect_timeout(run)
     if address.text == "auto":
         address = rayaddress.latest_cluster(address)
-    if not address.client:
-        rayaddress.wait_until_reachable(address, timeout_s, progress)
+    rayaddress.wait_until_reachable(address, timeout_s, progress)
     progress(f"joining the Ray cluster at {address}")
-    with _deadline(timeout_s, address):
+    with _deadline(rayaddress.join_deadline(timeout_s), address):
         try:
-            ray.init(address=address.text, log_to_driver=False)
-        except ConnectionError:
-            raise address.error("it accepts connections but this process could not join the cluster there "
-                                "(one with token authentication needs RAY_AUTH_MODE=token and its token)") from None
-    signals.install()
+            _ray_init(address=address.text, log_to_driver=False)
+        except ConnectionError as exc:
+            raise address.error(f"could not join ({cut(one_line(str(exc)), 80)}); with token authentication, "
+                                "set RAY_AUTH_MODE=token") from None
     return "joined"
 
 
+def _ray_init(**kwargs) -> None:
+    """``ray.init``, which installs its own SIGTERM handler (``sys.exit(15)``) as it starts: a
+    SIGTERM while it runs becomes ``Terminated`` like any other, and ours is back afterwards."""
+    import ray
+
+    try:
+        ray.init(**kwargs)
+    except SystemExit as exc:
+        if exc.code == signal.SIGTERM:
+            raise signals.Terminated() from None
+        raise
+    finally:
+        if signals.was_installed():
+            signals.install()
+
+
 @contextlib.contextmanager
-def _deadline(timeout_s: float, address: rayaddress.RayAddress) -> Iterator[None]:
-    """End the process with one line if joining takes longer than ``timeout_s``: a port that
+def _deadline(seconds: float, address: rayaddress.RayAddress) -> Iterator[None]:
+    """End the process with one line if joining takes longer than ``seconds``: a port that
     accepts connections but is no Ray GCS makes ``ray.init`` retry for many minutes, and a call
-    blocked in Ray's C++ client cannot be interrupted from Python."""
+    blocked in Ray's C++ client cannot be interrupted from Python. A join that ends as the time
+    runs out wins: ``give_up`` and the block's end take one lock, and whichever is first decides."""
+    decided = threading.Lock()
+
     def give_up() -> None:
+        if not decided.acquire(blocking=False):
+            return  # joined (or failed) in time
         runlock.release_all()  # as the lock's own block would: no .lock or empty first-start folder left
-        print(f"vbugs: error: {address.error(f'no Ray cluster answered there within {timeout_s:g}s')}",
+        print(f"vbugs: error: {address.error(f'did not finish joining the cluster there within {seconds:g}s')}",
               file=sys.stderr, flush=True)
         os._exit(2)
 
-    timer = threading.Timer(timeout_s, give_up)
+    timer = threading.Timer(min(seconds, threading.TIMEOUT_MAX), give_up)
     timer.daemon = True
     timer.start()
     try:
         yield
     finally:
+        if not decided.acquire(blocking=False):  # give_up is running: it ends the process
+            threading.Event().wait()
         timer.cancel()
 
 
@@ -113,6 +134,7 @@ def ray_session(run: RunSpec | None = None, progress: Progress = lambda _: None,
     locally, checked to have a node for each of ``actors`` (roles -> CPUs, GPUs per actor), and
     disconnected (a local Ray shut down) afterwards if this call connected. Nothing else in
     vbugs_ray calls ``ray.init``."""
+    previous = signal.getsignal(signal.SIGTERM)
     connected = start_ray(run or RunSpec(), progress)
     try:
         check_resources(actors or {}, autoscaling=connected != "local", progress=progress)
@@ -122,6 +144,7 @@ def ray_session(run: RunSpec | None = None, progress: Progress = lambda _: None,
             import ray
 
             ray.shutdown()
+            signals.restore(previous)  # a library caller's handler, as it was before Ray
 
 
 class RayRunner:

@@ -126,8 +126,9 @@ def release_all() -> None:
     """Release every lock this process holds, as the ends of their blocks would, for a process
     about to end at once (``os._exit`` from another thread, where no ``finally`` runs)."""
     for key in list(_open):
-        fd, path, created = _open.pop(key)
-        _release(fd, path, created)
+        held = _open.pop(key, None)  # the block's own end may take it at the same moment
+        if held is not None:
+            _release(*held)
 
 
 def remove_run_dir_if_empty(root: Path) -> None:

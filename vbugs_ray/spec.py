@@ -120,7 +120,7 @@ class RunSpec:
     ray_address: str | None = option(None, kind=str)
     ray_num_cpus: int | None = option(None, kind=int, low=1)
     # how long to wait for ray_address (or RAY_ADDRESS) to answer; None: VBUGS_RAY_CONNECT_TIMEOUT_S, else 30
-    ray_connect_timeout_s: float | None = option(None, kind=float, low=0, low_open=True)
+    ray_connect_timeout_s: float | None = option(None, kind=float, low=0, low_open=True, high=86_400)
     # embedder and classifier in one actor when they share a device (fewer actors, one transfer less)
     fuse_scoring: bool = option(True, kind=bool)
 
