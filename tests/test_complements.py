@@ -180,3 +180,21 @@ def test_a_round_plans_a_complements_reference_arm_apart(spec):
     # "square, grass" tested in the same round keeps its own rows: the reference arm never shares them
     both = plan_round(spec, [complement, grass], ["square"], 20, 1000, set(), 2).to_pydict()
     assert both["hypothesis"].count(REF + grass.key) == 20 and both["hypothesis"].count(grass.key) == 20
+
+
+def test_a_complement_names_the_siblings_it_contains(spec):
+    """Crosses fail unless red: round 1 verifies 'cross, green', 'cross, blue', 'cross, yellow'
+    (siblings: one bug); the complement 'cross, not red' joins them as their sibling and, as the
+    one description that contains them all, names the bug."""
+    def rate(h, v):  # the members fail a little more: without containment one of them would name the bug
+        return 0.02 if v["colour"] == "red" else 0.97 if h.predicates else 0.85
+
+    members = [_h("cross", [("colour", c)]) for c in ("green", "blue", "yellow")]
+    complement = Hypothesis("cross", (), excluded=(("colour", "red"),))
+    arms = _world(spec, [*members, complement, complement.reference], rate, n=400)
+    arms[REF + complement.reference.key] = arms.pop(complement.reference.key)
+    verdicts = judge_round([*members, complement], arms, 0.025, 1)
+    assert all(v.verified for v in verdicts.values())
+    bugs = merge_bugs(spec, {h.key: h for h in [*members, complement]}, verdicts, arms, 0.025)
+    assert [b["description"] for b in bugs] == ["cross, not red"]
+    assert len(bugs[0]["evidence"]) == 4

@@ -253,6 +253,15 @@ class _Pairs:
         return (fisher_greater(k_off, n_off, k_on, n_on) <= self.alpha
                 and fisher_greater(k_on, n_on, ref.errors, ref.n) > self.alpha)
 
+    def contains(self, a: str, b: str) -> bool:
+        """``a`` is a complement and ``b`` describes a subset of its images: ``b`` fixes the
+        excluded axis to another value ("square, brick" inside "square, not grass")."""
+        c, m = self.hypotheses[a], self.hypotheses[b]
+        if not c.excluded or c.class_name != m.class_name:
+            return False
+        axis, value = c.excluded[0]
+        return dict(m.predicates).get(axis, value) != value
+
     def one_failure_twice(self, a: str, b: str) -> bool:
         """Siblings, or one whose excess failures lie inside the other's description."""
         return self.siblings(a, b) or self.inside[(a, b)] is True or self.inside[(b, a)] is True
@@ -310,9 +319,9 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
       variation distance between their wrong predictions <= ``same_confusions``).
     The other links join groups, refinements first, unless the fresh images set the two groups'
     names apart (``_Pairs.apart``), so no chain of weak links makes two failures one.
-    A bug is named by its simplest member (fewest parts, then the complement that covers most
-    other members, then one that no other member explains, then the higher lower confidence
-    bound); the others are its evidence. Severity: the largest ``ci_low`` minus the class's base
+    A bug is named by its simplest member (fewest parts, then the complement that covers or
+    contains most other members, then one that no other member explains, then the higher lower
+    confidence bound); the others are its evidence. Severity: the largest ``ci_low`` minus the class's base
     rate among its members (how badly its worst verified form fails, ``severity_from``).
     """
     keys = [k for k, v in verdicts.items() if v.verified]
@@ -335,7 +344,8 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
                 links.append((2, a, b))
 
     def name_of(group: list[str]) -> str:
-        return min(group, key=lambda k: (len(pairs.parts[k]), -sum(pairs.covers(k, o) for o in group if o != k),
+        return min(group, key=lambda k: (len(pairs.parts[k]),
+                                         -sum(pairs.covers(k, o) or pairs.contains(k, o) for o in group if o != k),
                                          any(pairs.inside[(o, k)] for o in group if o != k), -verdicts[k].ci_low))
 
     def severity(k: str) -> float:
