@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     tokens.add_argument("--seed", type=int, default=0)
 
     validate = sub.add_parser("validate", help="check a spec and print its grid size")
-    validate.add_argument("spec")
+    validate.add_argument("spec", nargs="?", default=None, help=f"audit spec YAML (default: {DEFAULT_SPEC.name})")
     return parser
 
 
@@ -231,7 +231,7 @@ def validate(path: str) -> dict:
 
 
 def _validate(args) -> int:
-    print(to_json(validate(args.spec), indent=None))
+    print(to_json(validate(args.spec or str(DEFAULT_SPEC)), indent=None))
     return 0
 
 

@@ -270,7 +270,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
     looked at: see ``roles.registry.validate_backends``."""
     if data is None:
         raise SpecError("<top>", "the spec is empty; give at least classes, axes, prompt, generator, classifier and "
-                                 "embedder (see jobs/toyworld.yaml)")
+                                 "embedder (see vbugs_ray/specs/toyworld.yaml)")
     if not isinstance(data, Mapping):
         raise SpecError("<top>", f"expected a mapping with keys {', '.join(AuditSpec.TOP_FIELDS)}; got {type(data).__name__}")
     for key in data:
@@ -476,4 +476,4 @@ def _scalars(node: yaml.Node, where: str, seen: set[int]):
             yield from _scalars(value_node, path, seen)
 
 
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "jobs" / "toyworld.yaml"
+DEFAULT_SPEC = Path(__file__).resolve().parent / "specs" / "toyworld.yaml"  # package data: found once installed
