@@ -2,6 +2,7 @@
 gives a `vbugs` command that finds the default spec (package data) from any folder."""
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -16,9 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.cli
 def test_a_wheel_installed_into_a_fresh_venv_runs_from_anywhere(tmp_path):
+    # built from a copy of what a release holds, so no build/ folder of an earlier build leaks in
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "vbugs_ray", source / "vbugs_ray", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True)
+                            "-w", str(wheels), str(source)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next(wheels.glob("vbugs_ray-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
