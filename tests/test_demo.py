@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vbugs_ray.audit import audit
+from vbugs_ray.flow import audit
 from vbugs_ray.spec import parse_spec
 
 

@@ -89,14 +89,14 @@ def test_no_import_cycle():
 
 @pytest.mark.parametrize("layer, forbidden", [
     ("vbugs_ray.slices", {"ray", "torch", "vbugs_ray.pipeline", "vbugs_ray.report", "vbugs_ray.cli",
-                          "vbugs_ray.raycluster", "vbugs_ray.roles", "vbugs_ray.audit", "vbugs_ray.store"}),
+                          "vbugs_ray.raycluster", "vbugs_ray.roles", "vbugs_ray.flow", "vbugs_ray.store"}),
     ("vbugs_ray.toyworld", {"vbugs_ray.pipeline", "vbugs_ray.store", "vbugs_ray.cli", "vbugs_ray.roles",
-                            "vbugs_ray.audit", "ray"}),
+                            "vbugs_ray.flow", "ray"}),
     ("vbugs_ray.spec", {"vbugs_ray.roles", "torch", "ray"}),
     # discovery is statistics on arrays: the run store, models and Ray stay with its callers
     ("vbugs_ray.discover", {"ray", "torch", "pyarrow", "vbugs_ray.store", "vbugs_ray.roles", "vbugs_ray.pipeline",
-                            "vbugs_ray.verify", "vbugs_ray.audit", "vbugs_ray.cli", "vbugs_ray.raycluster"}),
-    ("vbugs_ray.verify.verdicts", {"ray", "torch", "vbugs_ray.pipeline", "vbugs_ray.store", "vbugs_ray.audit"}),
+                            "vbugs_ray.verify", "vbugs_ray.flow", "vbugs_ray.cli", "vbugs_ray.raycluster"}),
+    ("vbugs_ray.verify.verdicts", {"ray", "torch", "vbugs_ray.pipeline", "vbugs_ray.store", "vbugs_ray.flow"}),
 ])
 def test_layers_import_nothing_downstream(layer, forbidden):
     graph = _graph()

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vbugs_ray.audit import audit, find_slices, generate_rows
+from vbugs_ray.flow import audit, find_slices, generate_rows
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import (ClassifyStage, EmbedStage, GenerateStage, ScoreStage, _Execution, ray_stages,
                                 scoring_fused)

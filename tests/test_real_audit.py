@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from vbugs_ray.audit import audit, generate_rows
+from vbugs_ray.flow import audit, generate_rows
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.roles import registry
 from vbugs_ray.roles.captioners.transformers import rank_captions

@@ -8,7 +8,7 @@ import pyarrow.dataset as pads
 import pytest
 from scipy.stats import binom
 
-from vbugs_ray.audit import audit, find_slices
+from vbugs_ray.flow import audit, find_slices
 from vbugs_ray.spec import parse_spec
 from vbugs_ray.store import RunStore
 

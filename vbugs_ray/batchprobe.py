@@ -67,9 +67,11 @@ def _call(role: str, backend: Any) -> Callable:
     return getattr(backend, {"generator": "generate", "embedder": "embed_images", "classifier": "predict_proba"}[role])
 
 
-def measure(role: str, spec: AuditSpec, max_batch: int = MAX_BATCH, budget_s: float = BUDGET_S) -> dict:
+def measure(role: str, spec: AuditSpec, max_batch: int = MAX_BATCH, budget_s: float = BUDGET_S,
+            backends: dict | None = None) -> dict:
     """Images/s of the role's backend at batch sizes 1, 2, 4, ... (see the module docstring), in
     this process; returns {"rates": [[batch, images/s], ...], "stopped": why, "device": ...}."""
+    registry.adopt(backends)  # backends the driver registered, when this runs as a Ray task
     role_spec = dataclasses.replace(getattr(spec, role), batch_size=1)
     backend = registry.create(role, role_spec, spec)
     call = _call(role, backend)
@@ -131,7 +133,7 @@ def _probe_where(role: str, spec: AuditSpec) -> dict:
 
     role_spec = getattr(spec, role)
     task = ray.remote(num_cpus=role_spec.num_cpus, num_gpus=role_spec.num_gpus or 0)(measure)
-    return ray.get(task.remote(role, spec))
+    return ray.get(task.remote(role, spec, backends=registry.added()))
 
 
 def resolve(spec: AuditSpec, run_dir: str | Path, progress: Progress = lambda _: None,

@@ -135,9 +135,10 @@ class CaptionStage:
     """Ray Data actor holding the spec's captioner; a batch is a list of (inside, reference)
     row-id sets, read from the run store (which the actor's node must be able to read)."""
 
-    def __init__(self, spec: AuditSpec, run_dir: str):
+    def __init__(self, spec: AuditSpec, run_dir: str, backends: dict | None = None):
         from vbugs_ray.pipeline import limit_threads
 
+        registry.adopt(backends)  # backends the driver registered (vbugs_ray.register_backend)
         limit_threads(spec.captioner)
         self.rows = RowCaptioner(RunStore(run_dir), spec)
 
@@ -169,7 +170,7 @@ def caption_sets(store: RunStore, spec: AuditSpec, sets: list[tuple[np.ndarray, 
     with ray_session(spec.run, progress, {"captioner": (role.num_cpus, role.num_gpus)}):
         ds = ray.data.from_items(items).map_batches(
             CaptionStage,
-            fn_constructor_kwargs={"spec": spec, "run_dir": str(store.root.resolve())},
+            fn_constructor_kwargs={"spec": spec, "run_dir": str(store.root.resolve()), "backends": registry.added()},
             batch_size=-(-len(items) // role.concurrency),  # one batch per actor: columns are read once per batch
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(role.concurrency, len(items))),

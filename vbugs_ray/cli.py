@@ -109,7 +109,7 @@ def _audit(args) -> int:
         spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, executor=args.executor))
     where = "--out" if args.out else "spec field 'output_dir':"
     run_dir = check_output(args.out or spec.output_dir, where, folder=True)  # before a minute of imports
-    from vbugs_ray.audit import audit
+    from vbugs_ray.flow import audit
     from vbugs_ray.report import format_bugs, format_slices
 
     report = audit(spec, run_dir)
@@ -120,7 +120,7 @@ def _audit(args) -> int:
 
 
 def _verify(args) -> int:
-    from vbugs_ray.audit import verify_run
+    from vbugs_ray.flow import verify_run
     from vbugs_ray.report import format_bugs
 
     print(format_bugs(verify_run(args.run_dir), args.top))
@@ -189,7 +189,7 @@ def _slices(args) -> int:
                               args.features.split(",") if args.features else None,
                               _search_overrides(args, {}), args.out, progress=_log, positive=args.positive)
     elif args.run_dir:
-        from vbugs_ray.audit import find_slices
+        from vbugs_ray.flow import find_slices
         from vbugs_ray.store import RunStore
 
         spec_dict = RunStore(args.run_dir).load_spec_dict()

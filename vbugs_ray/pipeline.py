@@ -50,7 +50,8 @@ def limit_threads(role_spec: RoleSpec, num_cpus: float | None = None) -> None:
 class GenerateStage:
     """prompt, seed -> image (N, H, W, 3) uint8."""
 
-    def __init__(self, spec: AuditSpec, load_log: str | None = None):
+    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None):
+        registry.adopt(backends)  # backends the driver registered (vbugs_ray.register_backend)
         limit_threads(spec.generator)
         record_load(load_log, "generator")
         self.backend: Generator = registry.create("generator", spec.generator, spec)
@@ -65,7 +66,8 @@ class EmbedStage:
     """image -> embedding (N, D) float32, L2-normalised; then the CLIP filter's verdict from the
     same embeddings: valid, filter_reason (and the similarities, when the spec has a filter)."""
 
-    def __init__(self, spec: AuditSpec, load_log: str | None = None):
+    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None):
+        registry.adopt(backends)  # backends the driver registered (vbugs_ray.register_backend)
         limit_threads(spec.embedder)
         record_load(load_log, "embedder")
         self.backend: Embedder = registry.create("embedder", spec.embedder, spec)
@@ -93,7 +95,8 @@ class ClassifyStage:
     row says): they get pred_index -1, empty names, NaN p_true and loss, and error false.
     """
 
-    def __init__(self, spec: AuditSpec, load_log: str | None = None):
+    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None):
+        registry.adopt(backends)  # backends the driver registered (vbugs_ray.register_backend)
         limit_threads(spec.classifier)
         record_load(load_log, "classifier")
         self.backend: Classifier = registry.create("classifier", spec.classifier, spec)
@@ -156,8 +159,8 @@ class ScoreStage:
     """Embed + filter, then classify, in one actor: one actor to start and one hand-over between
     processes less, when the embedder and the classifier share a device (``scoring_fused``)."""
 
-    def __init__(self, spec: AuditSpec, load_log: str | None = None):
-        self.embed, self.classify = EmbedStage(spec, load_log), ClassifyStage(spec, load_log)
+    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None):
+        self.embed, self.classify = EmbedStage(spec, load_log, backends), ClassifyStage(spec, load_log, backends)
         self.classify_batch = spec.classifier.batch_size
         limit_threads(spec.embedder, spec.embedder.num_cpus + spec.classifier.num_cpus)  # the actor's CPUs
 
@@ -323,7 +326,8 @@ class RayExecutor:
             for stage, batch_size, actors, num_cpus, num_gpus in ray_stages(spec):
                 ds = ds.map_batches(
                     stage,
-                    fn_constructor_kwargs={"spec": spec, "load_log": str(execution.load_log)},
+                    fn_constructor_kwargs={"spec": spec, "load_log": str(execution.load_log),
+                                           "backends": registry.added()},
                     batch_size=batch_size,
                     batch_format="numpy",
                     compute=ray.data.ActorPoolStrategy(size=actors),

@@ -43,9 +43,36 @@ _BACKENDS: dict[str, dict[str, str]] = {
 }
 
 
-def register(role: str, name: str, target: str) -> None:
-    """Add a backend: ``target`` is 'module:Class'."""
+_BUILT_IN = {role: dict(names) for role, names in _BACKENDS.items()}
+
+
+def register(role: str, name: str, target: str | type) -> None:
+    """Add a backend: ``target`` is 'module:Class' or the class itself (then by its import path:
+    Ray's workers import it by name, so it must live in a module they can import, not in a script
+    run as ``__main__``). ``added()`` lists what was added, for stages built in other processes."""
+    if role not in _BACKENDS:
+        raise SpecError("register_backend", f"unknown role {role!r}; roles: {', '.join(_BACKENDS)}")
+    if isinstance(target, type):
+        if target.__module__ == "__main__" or "<locals>" in target.__qualname__:
+            raise SpecError("register_backend", f"{target.__qualname__} must be defined at the top of an importable "
+                            "module (Ray's workers import it by name), not in __main__ or a function")
+        target = f"{target.__module__}:{target.__qualname__}"
+    if not isinstance(target, str) or ":" not in target:
+        raise SpecError("register_backend", f"expected a class or 'module:Class'; got {target!r}")
     _BACKENDS[role][name] = target
+
+
+def added() -> dict[str, dict[str, str]]:
+    """The backends registered in this process beyond the built-in ones (shipped to Ray actors)."""
+    return {role: {n: t for n, t in names.items() if _BUILT_IN[role].get(n) != t}
+            for role, names in _BACKENDS.items() if any(_BUILT_IN[role].get(n) != t for n, t in names.items())}
+
+
+def adopt(backends: dict[str, dict[str, str]] | None) -> None:
+    """Register what another process ``added()`` (a stage built in a Ray actor)."""
+    for role, names in (backends or {}).items():
+        for name, target in names.items():
+            register(role, name, target)
 
 
 def backends(role: str) -> dict[str, str]:
@@ -56,7 +83,10 @@ def backend_class(role: str, name: str) -> type:
     if name not in _BACKENDS[role]:
         raise SpecError(f"{role}.backend", f"unknown backend '{name}'; known: {', '.join(sorted(_BACKENDS[role]))}")
     module, _, attr = _BACKENDS[role][name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    found: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        found = getattr(found, part)
+    return found
 
 
 def options_of(role: str, role_spec: RoleSpec) -> Any:

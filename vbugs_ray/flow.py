@@ -1,6 +1,7 @@
-"""One audit, end to end: spec -> grid -> (Ray Data stages) -> run store -> slice search -> report.
-
-This is the public entry point (``vbugs_ray.audit``); the CLI is a thin shell around it.
+"""The flow of one audit, end to end: spec -> grid -> (Ray Data stages) -> run store -> slice
+search -> report -> verification, each step resumable on its own (``generate_rows``,
+``find_slices``, ``verify_run``) and all of them in ``audit``. The CLI and the Python API
+(``vbugs_ray.api``) are thin shells around it.
 """
 
 from __future__ import annotations
