@@ -71,13 +71,19 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
         prepare(role, getattr(spec, role), spec, progress)
 
     t0 = time.time()
-    n_done = 0
+    n_done = images_done = 0
+    images_pending = sum(stop - start for _, start, stop in pending)
 
     def published(index: int, rows: int) -> None:
-        nonlocal n_done
-        n_done += 1
-        progress(f"shard {index + 1}/{len(shards)} written ({rows} rows; "
-                 f"{n_done}/{len(pending)} pending done, {time.time() - t0:.0f}s)")
+        """One line per shard: where the run is, how fast it goes and when it should end (the
+        rate counts from the execution's start, model loading included)."""
+        nonlocal n_done, images_done
+        n_done, images_done = n_done + 1, images_done + rows
+        seconds = time.time() - t0
+        rate = images_done / max(seconds, 1e-9)
+        eta = (images_pending - images_done) / rate if rate else 0.0
+        progress(f"shard {index + 1}/{len(shards)} written ({rows} rows; {images_done}/{images_pending} images, "
+                 f"{rate:.0f} images/s, {seconds:.0f}s, about {eta:.0f}s left)")
 
     with ray_session(spec.run, progress, actor_needs(spec)) if spec.run.executor == "ray" else contextlib.nullcontext():
         executor = make_executor(batchprobe.resolve(spec, store.root, progress))

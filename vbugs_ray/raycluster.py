@@ -4,6 +4,7 @@ place the spec's actors, and running shard functions as Ray tasks (``RayRunner``
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -50,11 +51,15 @@ def start_ray(run: RunSpec, progress: Progress) -> str | None:
 
 def _ray_init(**kwargs) -> None:
     """``ray.init``, which installs its own SIGTERM handler (``sys.exit(15)``) as it starts: a
-    SIGTERM while it runs becomes ``Terminated`` like any other, and ours is back afterwards."""
+    SIGTERM while it runs becomes ``Terminated`` like any other, and ours is back afterwards.
+    Ray's INFO lines (where it started, Ray Data's per-operator progress every few seconds) are
+    its own business: only its warnings and errors reach the user's terminal (``quiet_ray``)."""
     import ray
 
     try:
-        ray.init(**kwargs)
+        quiet_ray()  # before: ray.init itself logs
+        ray.init(logging_level=logging.WARNING, **kwargs)
+        quiet_ray()
     except SystemExit as exc:
         if exc.code == signal.SIGTERM:
             raise signals.Terminated() from None
@@ -62,6 +67,34 @@ def _ray_init(**kwargs) -> None:
     finally:
         if signals.was_installed():
             signals.install()
+
+
+# Ray's notices a user of vbugs cannot act on: that a local Ray it started for one command uses
+# token authentication (the secure default, kept), and that Ray Data's progress bars are off
+# (vbugs prints its own progress).
+RAY_NOTICES = ("Token authentication is enabled for this Ray cluster", "Progress bars disabled")
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RAY_NOTICES)
+
+
+def quiet_ray() -> None:
+    """Ray Data without its progress bars, and Ray's terminal output without its INFO lines and
+    ``RAY_NOTICES``, in the driver. Only the terminal handlers are quieted: Ray's session log
+    files keep everything, and Ray's warnings and errors still reach the terminal."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(max(handler.level, logging.WARNING))
+                if not any(isinstance(f, _DropNotices) for f in handler.filters):
+                    handler.addFilter(_DropNotices())
 
 
 @contextlib.contextmanager

@@ -8,6 +8,8 @@ pretrained=path)`` loads, the same call that loads a real open_clip checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -122,7 +124,8 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
 
     register_config()
     torch.manual_seed(config["seed"])
-    model, _, _ = open_clip.create_model_and_transforms(MODEL_NAME, output_dict=True)
+    with _from_scratch_is_intended():
+        model, _, _ = open_clip.create_model_and_transforms(MODEL_NAME, output_dict=True)
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -168,3 +171,20 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
 def checkpoint_path(config: dict, progress: Callable[[str], None] = print) -> Path:
     """Path of the cached checkpoint for ``config``, training it first on a cache miss."""
     return trained("toy-clip", config, lambda: train(config, progress), progress)
+
+
+class _DropScratchNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(f"No pretrained weights loaded for model '{MODEL_NAME}'")
+
+
+@contextlib.contextmanager
+def _from_scratch_is_intended():
+    """open_clip warns (on the root logger) that a model built without weights starts random:
+    training the toy CLIP from scratch is the point, so that one notice is dropped while it is built."""
+    notice = _DropScratchNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice)
