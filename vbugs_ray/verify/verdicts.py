@@ -222,6 +222,8 @@ class _Pairs:
         self.verified_tests = {(hypotheses[k].class_name, self.parts[k]) for k in keys}
         self.inside = {(a, b): explained_by(hypotheses[a], hypotheses[b], arms, alpha)
                        for a in keys for b in keys if a != b and hypotheses[a].class_name == hypotheses[b].class_name}
+        # each pair's tests once: the links and every naming of a group read them
+        self.covering = {(a, b): self._covers(a, b) for (a, b) in self.inside}
 
     def refines(self, a: str, b: str) -> bool:
         """One's parts are a subset of the other's and the extra parts did not verify on their own
@@ -235,6 +237,9 @@ class _Pairs:
         return self.slots[a] == self.slots[b]
 
     def covers(self, a: str, b: str) -> bool:
+        return self.covering.get((a, b), False)
+
+    def _covers(self, a: str, b: str) -> bool:
         """``a`` is a complement ("square, not grass", ``verify.complements``) and ``b``'s own
         fresh images spare its value, by positive evidence: ``b`` leaves the axis open, its
         images with the value fail less often than its others (one-sided Fisher at the round's
@@ -366,7 +371,7 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
 
     bugs = []
     for group in members.values():
-        best = name_of(group)
+        best, worst = name_of(group), max(group, key=severity)
         h, v = hypotheses[best], verdicts[best]
         sources = sorted({s["kind"] for k in group for s in hypotheses[k].sources})
         bugs.append({
@@ -374,8 +379,8 @@ def merge_bugs(spec: AuditSpec, hypotheses: dict[str, Hypothesis], verdicts: dic
             "sources": sources, "hypothesis": best,
             **{name: getattr(v, name) for name in ("n", "errors", "error_rate", "base_error_rate", "ci_low",
                                                    "ci_high", "p_value", "q_value", "top_wrong_predictions")},
-            "severity": max(severity(k) for k in group),
-            "severity_from": hypotheses[max(group, key=severity)].description(spec),  # its worst verified form
+            "severity": severity(worst),
+            "severity_from": hypotheses[worst].description(spec),  # its worst verified form
             # base_error_rate is of these images: the class's base, or a complement's reference
             "tested_against": h.reference.description(spec) if h.reference is not None else f"{h.class_name} (base)",
             "evidence": [{"hypothesis": k, "description": hypotheses[k].description(spec),
