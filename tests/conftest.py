@@ -72,6 +72,17 @@ def default_spec(default_spec_dict):
 
 
 @pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`vbugs audit` of the shipped demo spec, once per session, for the tests that read its
+    results (report.json, report.html). The local executor: the same stages as `make demo`
+    without Ray's start-up. Its users are marked cli and trains."""
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    done = subprocess.run([sys.executable, "-m", "vbugs_ray.cli", "audit", "--executor", "local", "--out", str(run_dir)],
+                          capture_output=True, text=True)
+    return run_dir, done
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """Ray starts once per session with more logical CPUs than cores (2-core CI machines) and one
     logical GPU, so GPU-stage scheduling (fractional num_gpus) runs on a machine without one."""

@@ -18,7 +18,7 @@ def _vbugs(*args):
 
 @pytest.mark.cli
 @pytest.mark.trains
-def test_demo_spec_verifies_its_planted_bugs_first_and_second(tmp_path):
+def test_demo_spec_verifies_its_planted_bugs_first_and_second(demo_run):
     """jobs/toyworld.yaml plants two bugs (no stars at night in training; squares nearly always on
     grass): the slice search lists exactly those two first, and the verified bugs, tested on fresh
     images, are those two, first and second, each named once: round 1 verifies several square
@@ -26,8 +26,7 @@ def test_demo_spec_verifies_its_planted_bugs_first_and_second(tmp_path):
     verifies their complement, "square, not grass", which names the one bug). Then `vbugs
     diagnose` scores phrases, and `vbugs verify` on the finished run generates nothing new. (The local executor: the same stages as `make demo` without Ray's
     start-up.)"""
-    run_dir = tmp_path / "demo"
-    done = _vbugs("audit", "--executor", "local", "--out", str(run_dir))
+    run_dir, done = demo_run
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((run_dir / "report.json").read_text())
     top = [s["predicates"] for s in report["flagged_slices"][:2]]

@@ -30,6 +30,7 @@ def test_a_wheel_installed_into_a_fresh_venv_runs_from_anywhere(tmp_path):
     wheel = next(wheels.glob("vbugs_ray-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "vbugs_ray/specs/toyworld.yaml" in names and "vbugs_ray/py.typed" in names
+    assert {f"vbugs_ray/webreport/templates/{name}" for name in ("report.html.j2", "report.css", "sort.js")} <= set(names)
     assert not any(name.startswith(("tests/", "benchmarks/", "jobs/")) for name in names)
 
     fresh = tmp_path / "venv"

@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("run_dir", help="a finished audit's run directory")
     verify.add_argument("--top", type=int, default=10, help="verified bugs to print")
 
+    report = sub.add_parser("report", help="write RUN_DIR/report.html (one self-contained page) from a run's "
+                                           "report.json; every audit writes it too")
+    report.add_argument("run_dir", help="a run directory with a report.json")
+
     diagnose = sub.add_parser("diagnose", help="predicted loss of phrases, from the run's diagnosis ensemble")
     diagnose.add_argument("run_dir", help="a finished audit's run directory")
     diagnose.add_argument("phrases", nargs="+", help='descriptions, e.g. "a star in heavy clutter" "at night"')
@@ -124,6 +128,16 @@ def _verify(args) -> int:
     from vbugs_ray.report import format_bugs
 
     print(format_bugs(verify_run(args.run_dir), args.top))
+    return 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from vbugs_ray.webreport import write_html
+
+    check_output(Path(args.run_dir) / "report.html", "RUN_DIR")  # a read-only run: say so before the work
+    print(write_html(args.run_dir))
     return 0
 
 
@@ -258,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.getsignal(signal.SIGTERM)
     signals.install()  # SIGTERM unwinds like Ctrl-C: a local Ray is shut down, the run lock released
     try:
-        commands = {"audit": _audit, "slices": _slices, "verify": _verify, "diagnose": _diagnose, "discover": _discover,
+        commands = {"audit": _audit, "slices": _slices, "verify": _verify, "report": _report, "diagnose": _diagnose, "discover": _discover,
                     "validate": _validate, "learn-tokens": _learn_tokens}
         return commands[args.command](args)
     except Exception as exc:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from vbugs_ray import batchprobe
+from vbugs_ray import batchprobe, timing
 from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.errors import SpecError
@@ -91,6 +91,7 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
             loads = executor.run(grid, store, pending, published)
         finally:
             executor.close()
+            timing.add(store.root, "generation", time.time() - t0)
     atomic_write_json(store.root / "loads.json", loads)
     progress("models loaded: " + ", ".join(f"{role} {n}" for role, n in loads.items())
              + f" (one execution over {len(pending)} shards)")
@@ -110,18 +111,19 @@ def filter_summary(store: RunStore) -> dict | None:
 
 
 def find_slices(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log,
-                caption: bool = True, partial: bool = False) -> dict:
-    """Run the slice search on a run store and (re)write RUN_DIR/report.json. Needs no model
-    unless ``caption`` (and the spec has a captioner): re-running the statistics of a finished
-    run works wherever its run directory is readable. A run with a shard missing or damaged is
-    a one-line error, unless ``partial``: then the whole shards are searched and the report says
-    how many rows it lacks."""
+                caption: bool = True, partial: bool = False, html: bool = True) -> dict:
+    """Run the slice search on a run store and (re)write RUN_DIR/report.json (and, if ``html``,
+    report.html). Needs no model unless ``caption`` (and the spec has a captioner): re-running
+    the statistics of a finished run works wherever its run directory is readable. A run with a
+    shard missing or damaged is a one-line error, unless ``partial``: then the whole shards are
+    searched and the report says how many rows it lacks."""
     with run_lock(run_dir, "vbugs slices"):
-        return _find_slices(run_dir, spec_dict, progress, caption, partial)
+        return _find_slices(run_dir, spec_dict, progress, caption, partial, html)
 
 
 def _find_slices(run_dir: str | Path, spec_dict: dict | None, progress: Progress, caption: bool,
-                 partial: bool) -> dict:
+                 partial: bool, html: bool) -> dict:
+    t0 = time.time()
     store = RunStore(run_dir, partial=partial)
     spec = parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path))
     features = ["class", *spec.axis_names]
@@ -146,10 +148,24 @@ def _find_slices(run_dir: str | Path, spec_dict: dict | None, progress: Progress
     report = build_report(result, settings, features, name=spec.name, **extra,
                           **({"filter": filtered} if filtered else {}))
     report.update(_verification_still_valid(store, spec, progress))
+    timing.put(store.root, "search", time.time() - t0)
     atomic_write_json(store.report_path, report)
     invalid = f"; {filtered['n_invalid']} of {filtered['n_generated']} rows marked invalid by the filter" if filtered else ""
     progress(f"slice search: {result.evaluated} slices tested, {len(result.flagged)} flagged{invalid} -> {store.report_path}")
+    if html:
+        write_page(store.root, progress)
     return report
+
+
+def write_page(run_dir: Path, progress: Progress) -> None:
+    """RUN_DIR/report.html from report.json. A page that fails to render costs one line, never
+    the run's results: report.json is already written, and `vbugs report RUN_DIR` tries again."""
+    from vbugs_ray.webreport import write_html
+
+    try:
+        progress(f"report for people -> {write_html(run_dir)}")
+    except Exception as exc:  # noqa: BLE001 - the results are safe in report.json; say so and go on
+        progress(f"report.html not written ({type(exc).__name__}: {exc}); `vbugs report {run_dir}` tries again")
 
 
 VERIFICATION_KEYS = ("verified_bugs", "hypotheses", "untested_hypotheses", "discovery", "verification")
@@ -183,13 +199,18 @@ def _verify_run(run_dir: str | Path, spec_dict: dict | None, progress: Progress)
     if spec.verify is None:
         raise SpecError("verify", "is false in this run's spec; set verify: {} (or its options) to verify")
     if not store.report_path.exists():
-        find_slices(run_dir, spec.to_dict(), progress, caption=False)
+        find_slices(run_dir, spec.to_dict(), progress, caption=False, html=False)
     report = json.loads(store.report_path.read_text())
-    result = Verification(store, spec).run(report["flagged_slices"], progress)
+    t0 = time.time()
+    verification = Verification(store, spec)
+    result = verification.run(report["flagged_slices"], progress)
+    if verification.worked:
+        timing.add(store.root, "verification", time.time() - t0)
     report.update(result)
     atomic_write_json(store.report_path, report)
     progress(f"verification: {len(result['verified_bugs'])} verified bugs from {len(result['hypotheses'])} "
              f"hypotheses tested ({result['verification']['images_generated']} fresh images) -> {store.report_path}")
+    write_page(store.root, progress)
     return report
 
 
@@ -206,7 +227,7 @@ def _audit(spec: AuditSpec, run_dir: Path, progress: Progress) -> dict:
     with ray_session(spec.run, progress, actor_needs(spec)) if spec.run.executor == "ray" \
             else contextlib.nullcontext():
         generate_rows(spec, run_dir, progress)
-        report = find_slices(run_dir, spec.to_dict(), progress)
+        report = find_slices(run_dir, spec.to_dict(), progress, html=spec.verify is None)
         if spec.verify is not None:
             report = verify_run(run_dir, spec.to_dict(), progress)
     return report

@@ -46,6 +46,7 @@ class DiagnosisEnsemble:
         self.models: list = []
         self.r2 = self.spearman = float("nan")
         self.n_train = self.n_test = 0
+        self.held_out: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # (true, predicted) loss
         self.image_mean: np.ndarray | None = None
 
     def _member(self, index: int, rows: int):
@@ -84,6 +85,7 @@ class DiagnosisEnsemble:
         self.r2 = float(r2_score(y[test], pred))
         self.spearman = float(spearmanr(y[test], pred).statistic)
         self.n_train, self.n_test = len(train), len(test)
+        self.held_out = (y[test], pred)
         return self
 
     def predict(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,9 +112,15 @@ class DiagnosisEnsemble:
             raise ValueError("DiagnosisEnsemble is not fitted")
         return self.predict(t + (self.image_mean - t.mean(axis=0)))
 
-    def summary(self) -> dict:
-        return {"model": self.model, "members": self.members, "r2": self.r2, "spearman": self.spearman,
-                "n_train": self.n_train, "n_test": self.n_test}
+    def summary(self, points: int = 0) -> dict:
+        """Fit and held-out scores; with ``points``, also up to that many held-out (true,
+        predicted) loss pairs, for the report's plot of how far the ensemble can be trusted."""
+        out = {"model": self.model, "members": self.members, "r2": self.r2, "spearman": self.spearman,
+               "n_train": self.n_train, "n_test": self.n_test}
+        if points:
+            true, predicted = (np.round(a[:points], 4).tolist() for a in self.held_out)
+            out["held_out"] = {"true_loss": true, "predicted_loss": predicted}
+        return out
 
 
 def rank_phrases(ensemble: DiagnosisEnsemble, phrases: list[str], text_embeddings: np.ndarray) -> list[dict]:

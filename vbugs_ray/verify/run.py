@@ -71,6 +71,7 @@ class Verification:
         self.hypotheses: dict[str, Hypothesis] = {}
         self.verdicts: dict[str, Verdict] = {}
         self.arms: dict = {}
+        self.worked = False  # whether this run did any work (discovery, images): its time counts
 
     # -- discovery, once --------------------------------------------------------------------
     def queue(self, flagged: list[dict], progress: Progress) -> tuple[list[Hypothesis], dict]:
@@ -78,6 +79,7 @@ class Verification:
         if path.exists():
             data = json.loads(path.read_text())
             return [Hypothesis.from_state(h) for h in data["queue"]], data["discovery"]
+        self.worked = True
         registry.prepare("embedder", self.spec.embedder, self.spec, progress)
         embedder = registry.create("embedder", self.spec.embedder, self.spec)
         by_source, summary = discover(self.store, self.spec, flagged, embedder, progress)
@@ -129,6 +131,7 @@ class Verification:
         whole = rounds.set_aside_damaged(progress).whole
         pending = [s for s in shards if s[0] not in whole]
         if pending:
+            self.worked = True
             executor().run(table, rounds, pending, lambda shard, rows: progress(
                 f"verify {folder.replace('-', ' ')}: shard {shard + 1}/{len(shards)} written ({rows} rows)"))
         axes = self.spec.axis_names

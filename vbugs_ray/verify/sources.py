@@ -263,6 +263,7 @@ def from_diagnosis(ranking: list[dict], texts: dict, rows: RunRows, spec: AuditS
 
 
 RANKED_PER_CLASS = 10
+HELD_OUT_POINTS = 500  # held-out (true, predicted) loss pairs kept for the report's plot
 
 
 def _by_class(ranking: list[dict], top: int) -> dict[str, list[dict]]:
@@ -292,7 +293,7 @@ def discover(store: RunStore, spec: AuditSpec, flagged: list[dict], embedder: An
     for h in describer.describe():
         by_source[h.sources[0]["kind"]].append(h)
     by_source = {kind: _ranked(hs) for kind, hs in by_source.items()}
-    summary = {"groups": groups, "directions": directions, "diagnosis": {**ensemble.summary(), "by_class": by_class},
+    summary = {"groups": groups, "directions": directions, "diagnosis": {**ensemble.summary(points=HELD_OUT_POINTS), "by_class": by_class},
                "vocabulary_ranking": ranking[:20], "vocabulary_ranking_by_class": _by_class(ranking, RANKED_PER_CLASS)}
     progress(f"discovery: {len(groups)} failure groups, {sum(d['auc'] >= MIN_AUC for d in directions)} failure "
              f"directions (AUC >= {MIN_AUC}), diagnosis ensemble held-out Spearman {ensemble.spearman:.2f} "

@@ -1,0 +1,225 @@
+"""What report.html shows, gathered from a run directory: report.json, spec.json, timing.json,
+the run's rows (heatmaps, galleries of flagged slices) and the verification rounds' rows
+(galleries of verified bugs). Plain data for the template; nothing here writes HTML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vbugs_ray import timing
+from vbugs_ray.errors import RunStoreError
+from vbugs_ray.store import PART_NAME, RunStore
+from vbugs_ray.webreport import plots
+from vbugs_ray.webreport.galleries import Rows
+
+MAX_CARDS = 20  # bugs (or flagged slices) with a card of their own; the table lists them all
+MODEL_KEYS = ("model", "model_id", "model_name", "pretrained", "checkpoint", "path")
+
+
+def _backend(role: dict | None) -> str:
+    """'timm (model: vit_base_patch16_224)': the backend and the option that names its weights."""
+    if not role:
+        return "none"
+    named = [f"{k}: {role['options'][k]}" for k in MODEL_KEYS if k in role.get("options", {})]
+    return role["backend"] + (f" ({', '.join(named)})" if named else "")
+
+
+def _slice_name(predicates: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in predicates.items())
+
+
+def _summary(report: dict, spec: dict, run_dir: Path) -> dict:
+    filtered = report.get("filter") or {}
+    generated = filtered.get("n_generated", report["n_images"])
+    invalid = filtered.get("n_invalid", 0)
+    seconds = timing.read(run_dir)
+    verification = report.get("verification", {})
+    hypotheses = report.get("hypotheses", [])
+    return {
+        "name": report.get("name", spec.get("name", "")),
+        "classifier": _backend(spec.get("classifier")),
+        "generator": _backend(spec.get("generator")),
+        "embedder": _backend(spec.get("embedder")),
+        "captioner": _backend(spec.get("captioner")),
+        "classes": len(spec.get("classes", [])),
+        "axes": ", ".join(f"{axis} ({len(values)})" for axis, values in spec.get("axes", {}).items()),
+        "generated": generated,
+        "valid": generated - invalid,
+        "invalid": invalid,
+        "invalid_reasons": ", ".join(f"{k}: {v}" for k, v in filtered.get("invalid_reasons", {}).items()),
+        "fresh_images": verification.get("images_generated"),
+        "base_error_rate": report["base_error_rate"],
+        "evaluated": report["evaluated_slices"],
+        "lattice": report["lattice_size"],
+        "flagged": len(report["flagged_slices"]),
+        "tested": len(hypotheses),
+        "verified": sum(h.get("verdict") == "verified" for h in hypotheses),
+        "untested": report.get("untested_hypotheses"),
+        "partial": report.get("rows_missing") if report.get("partial") else None,
+        "run_seconds": sum(seconds.values()) if seconds else None,
+        "step_seconds": seconds,
+    }
+
+
+def _heatmaps(rows: Rows, spec: dict) -> list[dict]:
+    """One class x value heatmap of the run's error rate per axis (valid rows only)."""
+    if rows.n == 0:
+        return []
+    classes = rows.column("class")
+    errors = rows.errors()
+    order = [c for c in spec.get("classes", []) if c in set(classes)] or sorted(set(classes))
+    if len(order) > plots.MAX_CLASSES:
+        rate = {c: errors[rows.valid & (classes == c)].mean() for c in order}
+        order = sorted(order, key=lambda c: -rate[c])[: plots.MAX_CLASSES]
+    out = []
+    for axis in spec.get("axes", {}):
+        values_of_rows = rows.column(axis)
+        values = [v for v in spec["axes"][axis] if v in set(values_of_rows)]
+        if len(values) > plots.MAX_VALUES:
+            counts = {v: int((values_of_rows == v).sum()) for v in values}
+            values = sorted(values, key=lambda v: -counts[v])[: plots.MAX_VALUES]
+        e = np.zeros((len(order), len(values)))
+        n = np.zeros((len(order), len(values)))
+        for i, c in enumerate(order):
+            in_class = rows.valid & (classes == c)
+            for j, v in enumerate(values):
+                cell = in_class & (values_of_rows == v)
+                n[i, j], e[i, j] = cell.sum(), errors[cell].sum()
+        out.append({"axis": axis, "src": plots.error_heatmap(axis, order, values, e, n)})
+    return out
+
+
+def _plots(report: dict, rows: Rows, spec: dict) -> dict:
+    flagged = report["flagged_slices"]
+    scatter = plots.effect_vs_support([s["n"] for s in flagged], [s["effect"] for s in flagged],
+                                      [f"#{i}" for i in range(1, min(len(flagged), 10) + 1)]) if flagged else None
+    diagnosis = report.get("discovery", {}).get("diagnosis", {})
+    held = diagnosis.get("held_out")
+    ensemble = plots.predicted_vs_true(held["true_loss"], held["predicted_loss"], diagnosis["r2"],
+                                       diagnosis["spearman"]) if held and held["true_loss"] else None
+    return {"heatmaps": _heatmaps(rows, spec), "effect_vs_support": scatter, "diagnosis": ensemble}
+
+
+def _phrases(hypotheses: dict, keys: list[str]) -> tuple[list[str], list[str]]:
+    """The captions and contrast phrases that proposed a bug's hypotheses (deduplicated, in order)."""
+    captions, phrases = {}, {}
+    for key in keys:
+        h = hypotheses.get(key, {})
+        for phrase in h.get("phrases", []):
+            phrases[phrase] = None
+        for source in h.get("sources", []):
+            if source.get("caption"):
+                captions[", ".join(source["caption"])] = None
+            if source.get("phrase"):
+                phrases[source["phrase"]] = None
+    return list(captions), list(phrases)
+
+
+def _bug_cards(report: dict, run_dir: Path, spec: dict) -> list[dict]:
+    """Per verified bug: its numbers, evidence, captions, and two galleries from the fresh rows
+    it was verified on: failing images of the bug, and images of its class without the bug
+    (the reference arm of a complement, else the class's base arm outside the bug's values)."""
+    folder = run_dir / "verify" / Path(report["verification"]["folder"]).name
+    # the published shards of each round (the report was judged on them; staging folders are hidden)
+    files = sorted(str(p) for sub in [*sorted(folder.glob("round-*")), folder / "replication"]
+                   for p in (sub / "rows").glob("shard-*/*") if PART_NAME.fullmatch(p.name))
+    rows = Rows(files, list(spec.get("axes", {})))
+    hypotheses = {h["key"]: h for h in report.get("hypotheses", [])}
+    ids, cards = {}, []
+    errors, arms, classes = rows.errors(), rows.column("arm"), rows.column("class")
+    row_ids = rows.columns.get("row_id", np.zeros(0, int))
+    for index, bug in enumerate(report["verified_bugs"][:MAX_CARDS], 1):
+        h = hypotheses.get(bug["hypothesis"], {})
+        own = np.isin(row_ids, np.asarray(bug.get("row_ids", []), np.int64))
+        complement = bool(h.get("excluded"))
+        arm = "reference" if complement else "base"
+        inside = rows.matching(h.get("predicates", {}), h.get("excluded"))
+        without = rows.valid & (arms == arm) & (classes == bug["class"]) & ~inside
+        ids[f"fail{index}"] = rows.pick(own & errors & rows.valid)
+        ids[f"without{index}"] = rows.pick(without)
+        captions, phrases = _phrases(hypotheses, [e["hypothesis"] for e in bug.get("evidence", [])] or [bug["hypothesis"]])
+        cards.append({"index": index, "bug": bug, "captions": captions, "phrases": phrases,
+                      "without_label": f"fresh images of {bug.get('tested_against', bug['class'])}"
+                      if complement else f"fresh images of {bug['class']} without “{bug['description']}”",
+                      "by_open_axis": _open_axes(bug.get("by_open_axis", {}))})
+    tiles = rows.tiles(ids)
+    for card in cards:
+        card["failing"], card["without"] = tiles[f"fail{card['index']}"], tiles[f"without{card['index']}"]
+    return cards
+
+
+def _open_axes(by_axis: dict) -> list[dict]:
+    """Per open axis, each value's errors/images, worst first: where to look for the cause."""
+    out = []
+    for axis, counts in by_axis.items():
+        values = sorted(counts.items(), key=lambda kv: -kv[1][0] / max(kv[1][1], 1))
+        out.append({"axis": axis, "values": [{"value": v, "errors": e, "n": n, "rate": e / n if n else 0.0}
+                                             for v, (e, n) in values]})
+    return out
+
+
+def _slice_cards(report: dict, rows: Rows) -> list[dict]:
+    """Per flagged slice (a run without verification): failing images in the slice, and images
+    of the same class (or, for a slice across classes, of the run) outside it."""
+    ids, cards = {}, []
+    errors, classes = rows.errors(), rows.column("class")
+    for index, s in enumerate(report["flagged_slices"][:MAX_CARDS], 1):
+        predicates = dict(s["predicates"])
+        inside = rows.matching(predicates)
+        rest = rows.valid & ~inside
+        if "class" in predicates:
+            rest &= classes == str(predicates["class"])
+        ids[f"fail{index}"] = rows.pick(inside & errors)
+        ids[f"without{index}"] = rows.pick(rest)
+        cards.append({"index": index, "slice": s, "name": _slice_name(predicates),
+                      "captions": [", ".join(s["caption"])] if s.get("caption") else []})
+    tiles = rows.tiles(ids)
+    for card in cards:
+        card["failing"], card["without"] = tiles[f"fail{card['index']}"], tiles[f"without{card['index']}"]
+    return cards
+
+
+def _load_report(store: RunStore) -> dict:
+    if not store.report_path.exists():
+        raise RunStoreError(f"{store.report_path} does not exist yet: run `vbugs slices {store.root}` (or let "
+                            "`vbugs audit` finish) first")
+    try:
+        report = json.loads(store.report_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunStoreError(f"{store.report_path} cannot be read ({exc}); run `vbugs slices {store.root}` to "
+                            "write it again") from None
+    if not isinstance(report, dict) or "flagged_slices" not in report:
+        raise RunStoreError(f"{store.report_path} is not a vbugs report; run `vbugs slices {store.root}` to write "
+                            "it again")
+    return report
+
+
+def page_context(run_dir: str | Path) -> dict:
+    """Everything the template needs, from a run directory with a report.json."""
+    run_dir = Path(run_dir)
+    store = RunStore(run_dir)
+    spec = store.load_spec_dict()  # a one-line error if this is no run directory
+    report = _load_report(store)
+    store.partial = bool(report.get("partial"))
+    rows = Rows(store.files(), list(spec.get("axes", {})))
+    verified = "verified_bugs" in report
+    flagged = [{"index": i, "name": _slice_name(s["predicates"]), **s}
+               for i, s in enumerate(report["flagged_slices"], 1)]
+    return {
+        "summary": _summary(report, spec, run_dir),
+        "verified": verified,
+        "bugs": [{"index": i, **b} for i, b in enumerate(report.get("verified_bugs", []), 1)],
+        "flagged": flagged,
+        "bug_cards": _bug_cards(report, run_dir, spec) if verified else [],
+        "slice_cards": [] if verified else _slice_cards(report, rows),
+        "plots": _plots(report, rows, spec),
+        "hypotheses": sorted(report.get("hypotheses", []), key=lambda h: (h.get("verdict") != "verified",
+                                                                          h.get("q_value") or 1.0)),
+        "search": report.get("search", {}),
+        "discovery": report.get("discovery", {}),
+        "verification": report.get("verification"),
+    }
+
