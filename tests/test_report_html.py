@@ -209,3 +209,25 @@ def test_demo_report_in_headless_chromium(demo_run):
     assert not problems, problems
     assert not requests, requests[:5]
     assert (run_dir / "report.png").stat().st_size > 50_000
+
+
+@pytest.mark.trains
+def test_a_run_without_verification_shows_its_flagged_slices(small_run, tmp_path):
+    """No verified bugs: the table lists the flagged slices and each gets a card with failing
+    images from the run and images outside the slice (a whole class's slice: other classes)."""
+    from vbugs_ray.webreport import write_html
+
+    source, _ = small_run
+    run_dir = Path(shutil.copytree(source, tmp_path / "run"))
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in ("verified_bugs", "hypotheses", "untested_hypotheses", "discovery", "verification"):
+        report.pop(key)
+    (run_dir / "report.json").write_text(json.dumps(report))
+    page = Page(write_html(run_dir).read_text())
+    flagged = report["flagged_slices"]
+    assert page.find("table", id="slice-table") and not page.find("table", id="bug-table")
+    cards = [a["id"] for _, a in page.tags if a.get("id", "").startswith("slice-") and a["id"][6:].isdigit()]
+    assert cards == [f"slice-{i}" for i in range(1, min(len(flagged), 20) + 1)]
+    for card in cards:
+        assert "none stored" not in page.text_by_id[card] and "no failing image" not in page.text_by_id[card]
+    assert not page.find("img", **{"class": "diagnosis"})  # no discovery, no ensemble plot

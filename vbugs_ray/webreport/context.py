@@ -163,18 +163,19 @@ def _open_axes(by_axis: dict) -> list[dict]:
 
 def _slice_cards(report: dict, rows: Rows) -> list[dict]:
     """Per flagged slice (a run without verification): failing images in the slice, and images
-    of the same class (or, for a slice across classes, of the run) outside it."""
+    of the same class outside it (for a slice across classes, or a whole class, of the run)."""
     ids, cards = {}, []
     errors, classes = rows.errors(), rows.column("class")
     for index, s in enumerate(report["flagged_slices"][:MAX_CARDS], 1):
         predicates = dict(s["predicates"])
         inside = rows.matching(predicates)
         rest = rows.valid & ~inside
-        if "class" in predicates:
+        same_class = "class" in predicates and len(predicates) > 1  # a whole class's slice: other classes
+        if same_class:
             rest &= classes == str(predicates["class"])
         ids[f"fail{index}"] = rows.pick(inside & errors)
         ids[f"without{index}"] = rows.pick(rest)
-        cards.append({"index": index, "slice": s, "name": _slice_name(predicates),
+        cards.append({"index": index, "slice": s, "name": _slice_name(predicates), "same_class": same_class,
                       "captions": [", ".join(s["caption"])] if s.get("caption") else []})
     tiles = rows.tiles(ids)
     for card in cards:
