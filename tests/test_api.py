@@ -94,6 +94,7 @@ def test_audit_takes_a_mapping_and_a_registered_backend(restore_registry, defaul
     vbugs_ray.register_backend("classifier", "mine", "vbugs_ray.roles.classifiers.toyworld_cnn:ToyWorldClassifier")
     report = vbugs_ray.audit(_small(default_spec_dict, "local"), out=tmp_path / "run")
     assert report.path == tmp_path / "run" / "report.json" and report.path.exists()
+    assert report.html_path == tmp_path / "run" / "report.html"
     assert report.data["n_images"] == 96 and isinstance(report.to_pandas(), pd.DataFrame)
     assert json.loads(report.path.read_text())["flagged_slices"] == report.flagged_slices
 

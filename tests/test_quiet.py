@@ -1,4 +1,4 @@
-"""What `vbugs audit` prints on Ray: its own lines, not Ray's. Ray's INFO lines, Ray Data's
+"""What `vbugs audit` prints on Ray: its own lines, not Ray's (unless --verbose). Ray's INFO lines, Ray Data's
 per-operator progress and the notices no user can act on are gone; one line per finished shard
 says where the run is (images done, images/s, time left)."""
 
@@ -35,3 +35,17 @@ def test_an_audit_on_ray_prints_its_own_lines_only(default_spec_dict, tmp_path):
     assert len(shards) == 3
     assert re.search(r"shard \d/3 written \(200 rows; 600/600 images, \d+ images/s, \d+s, about 0s left\)", shards[-1])
     assert "flagged" in done.stdout
+
+
+@pytest.mark.cli
+@pytest.mark.trains
+def test_verbose_lets_rays_own_output_through(default_spec_dict, tmp_path):
+    """`--verbose` is for looking into Ray: its INFO logs and Ray Data's execution reach stderr."""
+    spec = copy.deepcopy(default_spec_dict)
+    spec.update(budget=600, verify=False)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run([sys.executable, "-m", "vbugs_ray.cli", "audit", str(tmp_path / "spec.yaml"),
+                           "--out", str(tmp_path / "run"), "--verbose"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Started a local Ray instance" in done.stderr
+    assert re.search(r"INFO streaming_executor\.py:\d+ -- Execution plan of Dataset", done.stderr)

@@ -37,6 +37,12 @@ class Report:
     def verified_bugs(self) -> list[dict]:
         return self.data.get("verified_bugs", [])
 
+    @property
+    def html_path(self) -> Path | None:
+        """RUN_DIR/report.html, the page to open in a browser (an audit's report only)."""
+        page = self.path.with_name("report.html") if self.path is not None and self.kind == "audit" else None
+        return page if page is not None and page.exists() else None
+
     def to_dict(self) -> dict:
         return self.data
 

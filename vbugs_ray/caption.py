@@ -21,6 +21,7 @@ from vbugs_ray.roles import registry
 from vbugs_ray.roles.protocols import Captioner
 from vbugs_ray.spec import AuditSpec
 from vbugs_ray.store import RunStore
+from vbugs_ray.terminal import open_bar
 
 
 class _ColumnReader:
@@ -177,6 +178,10 @@ def caption_sets(store: RunStore, spec: AuditSpec, sets: list[tuple[np.ndarray, 
             num_cpus=role.num_cpus,
             num_gpus=role.num_gpus or None,
         )
-        captions = {int(row["index"]): json.loads(row["caption"]) for row in ds.take_all()}
+        captions = {}
+        with open_bar(progress, "captions", len(items), unit="slice") as bar:
+            for row in ds.iter_rows():
+                captions[int(row["index"])] = json.loads(row["caption"])
+                bar.update(1)
     return [captions[i] for i in range(len(sets))]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import signal
 import sys
@@ -15,10 +16,13 @@ from vbugs_ray.fields import check_field, check_seed
 from vbugs_ray.jsontext import to_json
 from vbugs_ray.slices.settings import FDR_PROCEDURES, PRUNE_MODES, SearchSettings
 from vbugs_ray.spec import DEFAULT_SPEC, load_spec
+from vbugs_ray.terminal import VERBOSE_ENV
+from vbugs_ray.terminal import stderr as _log
 
 
-def _log(message: str) -> None:
-    print(f"[vbugs] {message}", file=sys.stderr, flush=True)
+def _verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show Ray's own output (its INFO logs, workers' logs, Ray Data's progress)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", default=None, help="run directory (default: the spec's output_dir)")
     audit.add_argument("--executor", choices=("ray", "local"), default=None, help="override run.executor")
     audit.add_argument("--top", type=int, default=10, help="flagged slices to print")
+    _verbose_flag(audit)
 
     slices = sub.add_parser("slices", help="slice search on a run directory, or on any Parquet table (--table)")
     slices.add_argument("run_dir", nargs="?", help="a finished audit's run directory")
@@ -57,11 +62,13 @@ def _parser() -> argparse.ArgumentParser:
                              "follow failures, a few percent of the lattice; exact: every slice that could be "
                              "flagged; none: everything)")
     slices.add_argument("--top", type=int, default=10, help="flagged slices to print")
+    _verbose_flag(slices)
 
     verify = sub.add_parser("verify", help="discover failure hypotheses on a finished run and verify them on fresh "
                                            "images (resumable)")
     verify.add_argument("run_dir", help="a finished audit's run directory")
     verify.add_argument("--top", type=int, default=10, help="verified bugs to print")
+    _verbose_flag(verify)
 
     report = sub.add_parser("report", help="write RUN_DIR/report.html (one self-contained page) from a run's "
                                            "report.json; every audit writes it too")
@@ -269,6 +276,9 @@ def user_error(exc: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    was_verbose = os.environ.get(VERBOSE_ENV)
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"  # read where Ray starts; inherited by a local Ray's workers
     previous = signal.getsignal(signal.SIGTERM)
     signals.install()  # SIGTERM unwinds like Ctrl-C: a local Ray is shut down, the run lock released
     try:
@@ -287,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         return status
     finally:
         signals.restore(previous)
+        if was_verbose is None:
+            os.environ.pop(VERBOSE_ENV, None)  # a caller of main() in-process keeps its environment
+        else:
+            os.environ[VERBOSE_ENV] = was_verbose
 
 
 if __name__ == "__main__":

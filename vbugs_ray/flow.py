@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 from vbugs_ray import batchprobe, timing
+from vbugs_ray.terminal import open_bar, stderr
 from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.errors import SpecError
@@ -32,8 +32,7 @@ from vbugs_ray.verify.run import Verification, verify_key
 Progress = Callable[[str], None]
 
 
-def _log(message: str) -> None:
-    print(f"[vbugs] {message}", file=sys.stderr, flush=True)
+_log = stderr  # '[vbugs] ...' lines on stderr, and progress bars when it is a terminal
 
 
 def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _log) -> RunStore:
@@ -74,21 +73,26 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
     n_done = images_done = 0
     images_pending = sum(stop - start for _, start, stop in pending)
 
+    bar = open_bar(progress, "images", images_pending, unit="img")
+
     def published(index: int, rows: int) -> None:
-        """One line per shard: where the run is, how fast it goes and when it should end (the
-        rate counts from the execution's start, model loading included)."""
+        """Off a terminal, one line per shard: where the run is, how fast it goes and when it
+        should end (the rate counts from the execution's start, model loading included); on a
+        terminal the bar says so, row by row."""
         nonlocal n_done, images_done
         n_done, images_done = n_done + 1, images_done + rows
         seconds = time.time() - t0
         rate = images_done / max(seconds, 1e-9)
         eta = (images_pending - images_done) / rate if rate else 0.0
-        progress(f"shard {index + 1}/{len(shards)} written ({rows} rows; {images_done}/{images_pending} images, "
-                 f"{rate:.0f} images/s, {seconds:.0f}s, about {eta:.0f}s left)")
+        if not bar.live:
+            progress(f"shard {index + 1}/{len(shards)} written ({rows} rows; {images_done}/{images_pending} images, "
+                     f"{rate:.0f} images/s, {seconds:.0f}s, about {eta:.0f}s left)")
 
     with ray_session(spec.run, progress, actor_needs(spec)) if spec.run.executor == "ray" else contextlib.nullcontext():
         executor = make_executor(batchprobe.resolve(spec, store.root, progress))
         try:
-            loads = executor.run(grid, store, pending, published)
+            with bar:
+                loads = executor.run(grid, store, pending, published, bar.update)
         finally:
             executor.close()
             timing.add(store.root, "generation", time.time() - t0)
@@ -139,7 +143,9 @@ def _find_slices(run_dir: str | Path, spec_dict: dict | None, progress: Progress
     with shard_runner(spec.run.executor == "ray" and spans_shards(pieces), spec.run, progress) as runner:
         counter = parquet_counter(pieces, "error", features, "loss", settings.max_values, settings.n_bins, runner,
                                   valid_col="valid" if filtered else None)
-        result = run_search(counter, settings)
+        with open_bar(progress, "slice search", settings.max_order, unit="level") as bar:
+            result = run_search(_LevelTicks(counter, bar), settings)
+            bar.finish()  # a search may stop before max_order: nothing left to expand
     if caption and spec.captioner is not None and result.flagged:
         progress(f"captioning the top {min(settings.top_k, len(result.flagged))} flagged slices")
         caption_slices(result.flagged, store, spec, features, settings.top_k, progress)
@@ -166,6 +172,27 @@ def write_page(run_dir: Path, progress: Progress) -> None:
         progress(f"report for people -> {write_html(run_dir)}")
     except Exception as exc:  # noqa: BLE001 - the results are safe in report.json; say so and go on
         progress(f"report.html not written ({type(exc).__name__}: {exc}); `vbugs report {run_dir}` tries again")
+
+
+class _LevelTicks:
+    """A slice-search counter that moves a bar one level per lattice level counted (both
+    searches count a level in one call: ``count`` or ``count_children``)."""
+
+    def __init__(self, counter, bar):
+        self._counter, self._bar = counter, bar
+
+    def __getattr__(self, name):
+        return getattr(self._counter, name)
+
+    def count(self, combos):
+        out = self._counter.count(combos)
+        self._bar.update(1)
+        return out
+
+    def count_children(self, parents):
+        out = self._counter.count_children(parents)
+        self._bar.update(1)
+        return out
 
 
 VERIFICATION_KEYS = ("verified_bugs", "hypotheses", "untested_hypotheses", "discovery", "verification")

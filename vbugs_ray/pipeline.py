@@ -201,6 +201,7 @@ def actor_needs(spec: AuditSpec) -> dict[str, tuple[float, float]]:
 
 
 Published = Callable[[int, int], None]  # (shard index, rows) when a shard becomes visible
+RowsWritten = Callable[[int], None]  # rows just written (not yet visible: their shard may be unfinished)
 
 
 class _Execution:
@@ -209,8 +210,8 @@ class _Execution:
     loads (removed when the execution ends, however it ends) and which shards were reported."""
 
     def __init__(self, spec: AuditSpec, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]],
-                 published: Published):
-        self.store, self.published = store, published
+                 published: Published, rows_written: RowsWritten | None = None):
+        self.store, self.published, self.rows_written = store, published, rows_written
         self.sizes = {index: stop - start for index, start, stop in shards}
         for index in self.sizes:
             store.begin_shard(index)
@@ -229,7 +230,9 @@ class _Execution:
             self.load_log.parent.rmdir()  # only when no other execution is counting in it
 
     def report(self, out: dict[str, np.ndarray]) -> None:
-        """Tell the caller of each shard a write task published."""
+        """Tell the caller how many rows a write task wrote, and of each shard it published."""
+        if self.rows_written is not None:
+            self.rows_written(int(np.sum(out["rows"])))
         for shard, done in zip(out["shard"], out["published"]):
             if done and int(shard) not in self.reported:
                 self.reported.add(int(shard))
@@ -258,7 +261,8 @@ class _Execution:
 def write_rows(batch: dict[str, np.ndarray], writer: dict) -> dict[str, np.ndarray]:
     """The last step of an execution: the batch as run-store rows, into their shards."""
     written = ShardWriter(**writer).write(rows_table(batch))
-    return {"shard": np.asarray([w[0] for w in written], np.int64), "published": np.asarray([w[2] for w in written], bool)}
+    return {"shard": np.asarray([w[0] for w in written], np.int64), "rows": np.asarray([w[1] for w in written], np.int64),
+            "published": np.asarray([w[2] for w in written], bool)}
 
 
 class LocalExecutor:
@@ -270,9 +274,9 @@ class LocalExecutor:
         self.stages: list | None = None
 
     def run(self, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]],
-            published: Published = lambda *_: None) -> dict[str, int]:
+            published: Published = lambda *_: None, rows_written: RowsWritten | None = None) -> dict[str, int]:
         """Write the pending ``shards`` of ``rows``; returns the model loads per role."""
-        with _Execution(self.spec, rows, store, shards, published) as execution:
+        with _Execution(self.spec, rows, store, shards, published, rows_written) as execution:
             if self.stages is None:
                 self.stages = [(getattr(self.spec, role).batch_size, cls(self.spec, str(execution.load_log)))
                                for role, cls in STAGES]
@@ -314,12 +318,12 @@ class RayExecutor:
         self.spec = spec
 
     def run(self, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]],
-            published: Published = lambda *_: None) -> dict[str, int]:
+            published: Published = lambda *_: None, rows_written: RowsWritten | None = None) -> dict[str, int]:
         """Write the pending ``shards`` of ``rows``; returns the model loads per role."""
         import ray
 
         spec = self.spec
-        with _Execution(spec, rows, store, shards, published) as execution:
+        with _Execution(spec, rows, store, shards, published, rows_written) as execution:
             pending = pa.concat_tables([rows.slice(start, stop - start) for _, start, stop in shards])
             first = spec.generator.batch_size
             ds = ray.data.from_arrow([pending.slice(i, first) for i in range(0, pending.num_rows, first)])

@@ -12,6 +12,7 @@ import threading
 from typing import Callable, Iterator, Mapping
 
 from vbugs_ray import rayaddress, runlock, signals
+from vbugs_ray.terminal import verbose
 from vbugs_ray.errors import SpecError, cut, one_line
 from vbugs_ray.slices.counts import LocalRunner, Runner
 from vbugs_ray.spec import RunSpec
@@ -53,12 +54,16 @@ def _ray_init(**kwargs) -> None:
     """``ray.init``, which installs its own SIGTERM handler (``sys.exit(15)``) as it starts: a
     SIGTERM while it runs becomes ``Terminated`` like any other, and ours is back afterwards.
     Ray's INFO lines (where it started, Ray Data's per-operator progress every few seconds) are
-    its own business: only its warnings and errors reach the user's terminal (``quiet_ray``)."""
+    its own business: only its warnings and errors reach the user's terminal (``quiet_ray``),
+    unless ``vbugs --verbose`` asked for all of Ray's output, its workers' logs included."""
     import ray
 
     try:
         quiet_ray()  # before: ray.init itself logs
-        ray.init(logging_level=logging.WARNING, **kwargs)
+        if verbose():
+            ray.init(**{**kwargs, "log_to_driver": True})
+        else:
+            ray.init(logging_level=logging.WARNING, **kwargs)
         quiet_ray()
     except SystemExit as exc:
         if exc.code == signal.SIGTERM:
@@ -83,7 +88,10 @@ class _DropNotices(logging.Filter):
 def quiet_ray() -> None:
     """Ray Data without its progress bars, and Ray's terminal output without its INFO lines and
     ``RAY_NOTICES``, in the driver. Only the terminal handlers are quieted: Ray's session log
-    files keep everything, and Ray's warnings and errors still reach the terminal."""
+    files keep everything, and Ray's warnings and errors still reach the terminal. With
+    ``vbugs --verbose``, nothing is quieted."""
+    if verbose():
+        return
     import ray.data
 
     context = ray.data.DataContext.get_current()

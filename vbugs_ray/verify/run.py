@@ -31,6 +31,7 @@ from vbugs_ray.raycluster import ray_session
 from vbugs_ray.roles import registry
 from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec
 from vbugs_ray.store import RunStore, plan_ranges, plan_shards, rows_fingerprint
+from vbugs_ray.terminal import open_bar
 from vbugs_ray.verify import complements
 from vbugs_ray.verify.hypotheses import Hypothesis, deduplicate
 from vbugs_ray.verify.plan import BASE, plan_round
@@ -132,8 +133,10 @@ class Verification:
         pending = [s for s in shards if s[0] not in whole]
         if pending:
             self.worked = True
-            executor().run(table, rounds, pending, lambda shard, rows: progress(
-                f"verify {folder.replace('-', ' ')}: shard {shard + 1}/{len(shards)} written ({rows} rows)"))
+            name = f"verify {folder.replace('-', ' ')}"
+            with open_bar(progress, name, sum(stop - start for _, start, stop in pending), unit="img") as bar:
+                executor().run(table, rounds, pending, lambda shard, rows: None if bar.live else progress(
+                    f"{name}: shard {shard + 1}/{len(shards)} written ({rows} rows)"), bar.update)
         axes = self.spec.axis_names
         rows = rounds.read(columns=["row_id", "hypothesis", "pred", "valid", "error", *axes])
         return {**{axis: rows.column(axis).to_numpy(zero_copy_only=False).astype(str) for axis in axes},

@@ -66,28 +66,23 @@ def _summary(report: dict, spec: dict, run_dir: Path) -> dict:
 
 def _heatmaps(rows: Rows, spec: dict) -> list[dict]:
     """One class x value heatmap of the run's error rate per axis (valid rows only)."""
-    if rows.n == 0:
+    by_class = {c: counts for (c,), counts in rows.error_counts(["class"]).items()}
+    if not by_class:
         return []
-    classes = rows.column("class")
-    errors = rows.errors()
-    order = [c for c in spec.get("classes", []) if c in set(classes)] or sorted(set(classes))
+    order = [c for c in spec.get("classes", []) if c in by_class] or sorted(by_class)
     if len(order) > plots.MAX_CLASSES:
-        rate = {c: errors[rows.valid & (classes == c)].mean() for c in order}
-        order = sorted(order, key=lambda c: -rate[c])[: plots.MAX_CLASSES]
+        order = sorted(order, key=lambda c: -by_class[c][0] / max(by_class[c][1], 1))[: plots.MAX_CLASSES]
     out = []
     for axis in spec.get("axes", {}):
-        values_of_rows = rows.column(axis)
-        values = [v for v in spec["axes"][axis] if v in set(values_of_rows)]
+        cells = rows.error_counts(["class", axis])
+        seen: dict[str, int] = {}
+        for (_, value), (_, n) in cells.items():
+            seen[value] = seen.get(value, 0) + n
+        values = [v for v in spec["axes"][axis] if v in seen]
         if len(values) > plots.MAX_VALUES:
-            counts = {v: int((values_of_rows == v).sum()) for v in values}
-            values = sorted(values, key=lambda v: -counts[v])[: plots.MAX_VALUES]
-        e = np.zeros((len(order), len(values)))
-        n = np.zeros((len(order), len(values)))
-        for i, c in enumerate(order):
-            in_class = rows.valid & (classes == c)
-            for j, v in enumerate(values):
-                cell = in_class & (values_of_rows == v)
-                n[i, j], e[i, j] = cell.sum(), errors[cell].sum()
+            values = sorted(values, key=lambda v: -seen[v])[: plots.MAX_VALUES]
+        e = np.array([[cells.get((c, v), (0, 0))[0] for v in values] for c in order], float)
+        n = np.array([[cells.get((c, v), (0, 0))[1] for v in values] for c in order], float)
         out.append({"axis": axis, "src": plots.error_heatmap(axis, order, values, e, n)})
     return out
 
@@ -183,6 +178,19 @@ def _slice_cards(report: dict, rows: Rows) -> list[dict]:
     return cards
 
 
+def _tested(hypotheses: list[dict]) -> list[dict]:
+    """Every hypothesis tested, verified first (most significant first), each with where it came
+    from: its sources' kinds, or the verified description it was cut from (a pruning test)."""
+    described = {h["key"]: h["description"] for h in hypotheses}
+    out = []
+    for h in sorted(hypotheses, key=lambda h: (h.get("verdict") != "verified", h.get("q_value") or 1.0)):
+        origin = list(dict.fromkeys(source["kind"] for source in h.get("sources", [])))
+        if h.get("parent") in described:
+            origin.append(f"part of: {described[h['parent']]}")
+        out.append({**h, "origin": origin})
+    return out
+
+
 def _load_report(store: RunStore) -> dict:
     if not store.report_path.exists():
         raise RunStoreError(f"{store.report_path} does not exist yet: run `vbugs slices {store.root}` (or let "
@@ -217,8 +225,7 @@ def page_context(run_dir: str | Path) -> dict:
         "bug_cards": _bug_cards(report, run_dir, spec) if verified else [],
         "slice_cards": [] if verified else _slice_cards(report, rows),
         "plots": _plots(report, rows, spec),
-        "hypotheses": sorted(report.get("hypotheses", []), key=lambda h: (h.get("verdict") != "verified",
-                                                                          h.get("q_value") or 1.0)),
+        "hypotheses": _tested(report.get("hypotheses", [])),
         "search": report.get("search", {}),
         "discovery": report.get("discovery", {}),
         "verification": report.get("verification"),

@@ -49,17 +49,32 @@ class Rows:
         wanted = ["row_id", "class", "error", "pred", *axes, *(c for c in ("valid", "hypothesis", "arm") if c in names)]
         table = self.dataset.to_table(columns=[c for c in wanted if c in names]) if self.dataset is not None \
             else pa.table({"row_id": pa.array([], pa.int64())})
-        self.n = table.num_rows
+        self.n, self.table = table.num_rows, table
         self.columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
         if "valid" in self.columns:
             self.valid = self.columns["valid"].astype(bool)
         else:
             self.valid = np.ones(self.n, bool)
+        self._as_text: dict[str, np.ndarray] = {}
 
     def column(self, name: str) -> np.ndarray:
-        """A column as strings (an absent one as empty strings), for masks."""
-        values = self.columns.get(name)
-        return np.full(self.n, "", object) if values is None else values.astype(str)
+        """A column as strings (an absent one as empty strings), for masks; converted once."""
+        if name not in self._as_text:
+            values = self.columns.get(name)
+            self._as_text[name] = np.full(self.n, "", object) if values is None else values.astype(str)
+        return self._as_text[name]
+
+    def error_counts(self, by: list[str]) -> dict[tuple[str, ...], tuple[int, int]]:
+        """(errors, valid rows) per combination of the ``by`` columns' values (pyarrow group-by)."""
+        if self.n == 0 or any(name not in self.columns for name in (*by, "error")):
+            return {}
+        table = self.table.select([*by, "error"]).filter(pa.array(self.valid))
+        table = table.set_column(len(by), "error", pc.cast(table.column("error"), pa.int64()))
+        for i, name in enumerate(by):
+            table = table.set_column(i, name, pc.cast(table.column(name), pa.string()))
+        grouped = table.group_by(by).aggregate([("error", "sum"), ("error", "count")]).to_pydict()
+        return {tuple(grouped[name][i] for name in by): (grouped["error_sum"][i], grouped["error_count"][i])
+                for i in range(len(grouped["error_sum"]))}
 
     def matching(self, predicates: dict[str, str], excluded: dict[str, str] | None = None) -> np.ndarray:
         """Valid rows with every ``axis == value`` of ``predicates`` and no ``axis == value`` of ``excluded``."""
