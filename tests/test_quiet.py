@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 # Ray Data puts every actor pool's constructor in the object store and lets its actors restart;
-# Ray's core worker then logs this once per pool (ray-project/ray#53727). It is Ray's to fix, and
+# Ray's core worker then logs this (ray-project/ray#57733, open; the risk it names: #53727). It is Ray's to fix, and
 # turning restarts off to silence it would cost the runs their fault tolerance.
 KNOWN_RAY_LINE = re.compile(r"^\[[0-9-]+ [0-9:,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: "
                             r"'MapWorker\(MapBatches\(\w+\)\)' .* has constructor arguments in the object store "
