@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from vbugs_ray.errors import SpecError
 from vbugs_ray.flow import audit, find_slices, generate_rows
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import (ClassifyStage, EmbedStage, GenerateStage, ScoreStage, _Execution, ray_stages,
@@ -220,3 +221,37 @@ def test_cli_slices_on_missing_run_is_one_line(tmp_path):
     done = _vbugs("slices", str(tmp_path / "nothing"))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "not a run directory" in done.stderr
+
+
+def test_placement_autoscaling_pools_and_pinning_reach_ray(spec_dict):
+    """Per role: an autoscaling pool (concurrency .. max_concurrency), an accelerator type and
+    custom resources, as Ray Data's pool and remote arguments; a fused scoring actor sums them."""
+    spec_dict["generator"].update(concurrency=1, max_concurrency=3, num_gpus=0.5, accelerator_type="L4",
+                                  resources={"diffusion_node": 0.01})
+    for role in ("embedder", "classifier"):
+        spec_dict[role].update(resources={"scoring_node": 0.5})
+    generate, score = ray_stages(parse_spec(spec_dict))
+    assert (generate.actors, generate.max_actors) == (1, 3)
+    pool = generate.pool()
+    assert (pool.min_size, pool.max_size) == (1, 3)
+    assert generate.remote_args() == {"accelerator_type": "L4", "resources": {"diffusion_node": 0.01}}
+    assert generate.needs() == {"CPU": 0.25, "GPU": 0.5, "diffusion_node": 0.01, "accelerator_type:L4": 0.001}
+    assert score.stage is ScoreStage and score.resources == {"scoring_node": 1.0}  # both roles' share
+    assert score.remote_args() == {"resources": {"scoring_node": 1.0}}
+    spec_dict["classifier"]["accelerator_type"] = "A100"  # pinned apart: two pools
+    assert [s.stage for s in ray_stages(parse_spec(spec_dict))] == [GenerateStage, EmbedStage, ClassifyStage]
+
+
+@pytest.mark.parametrize("role_options, field", [
+    ({"concurrency": 4, "max_concurrency": 2}, "generator.max_concurrency"),
+    ({"resources": {"GPU": 1}}, "generator.resources"),
+    ({"resources": {"fast": 0}}, "generator.resources.fast"),
+    ({"resources": {"fast": "lots"}}, "generator.resources.fast"),
+    ({"resources": ["fast"]}, "generator.resources"),
+    ({"accelerator_type": ""}, "generator.accelerator_type"),
+])
+def test_placement_mistakes_name_their_field(spec_dict, role_options, field):
+    spec_dict["generator"].update(role_options)
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec_dict)
+    assert err.value.field == field, str(err.value)

@@ -188,22 +188,33 @@ def test_a_stale_ray_current_cluster_behind_auto_is_a_dead_address(monkeypatch):
 
 def test_an_actor_that_fits_no_node_is_refused_locally_and_awaited_on_a_joined_cluster():
     node = {"CPU": 8.0, "GPU": 1.0}
-    check_resources({"generator": (8.0, 1.0)}, autoscaling=False, progress=print, largest=node)  # fits exactly
+    check_resources({"generator": {"CPU": 8.0, "GPU": 1.0}}, autoscaling=False, progress=print, largest=node)
     with pytest.raises(SpecError) as err:
-        check_resources({"generator": (1000.0, 0.0)}, autoscaling=False, progress=print, largest=node)
+        check_resources({"generator": {"CPU": 1000.0, "GPU": 0.0}}, autoscaling=False, progress=print, largest=node)
     assert err.value.field == "generator.num_cpus"
     assert "asks for 1000 CPUs per actor but the largest Ray node has 8" in str(err.value)
     assert "run.ray_num_cpus" in str(err.value)
     with pytest.raises(SpecError) as err:  # two GPUs per actor on one-GPU nodes
-        check_resources({"classifier": (0.25, 2.0)}, autoscaling=False, progress=print, largest=node)
+        check_resources({"classifier": {"CPU": 0.25, "GPU": 2.0}}, autoscaling=False, progress=print, largest=node)
     assert err.value.field == "classifier.num_gpus" and "largest Ray node has 1" in str(err.value)
     with pytest.raises(SpecError) as err:  # a fused scoring actor reserves both roles' CPUs
-        check_resources({"embedder+classifier": (9.0, 0.0)}, autoscaling=False, progress=print, largest=node)
+        check_resources({"embedder+classifier": {"CPU": 9.0}}, autoscaling=False, progress=print, largest=node)
     assert err.value.field == "embedder.num_cpus" and "embedder and classifier share one actor" in str(err.value)
     said = []
-    check_resources({"generator": (1000.0, 0.0)}, autoscaling=True, progress=said.append, largest=node)
+    check_resources({"generator": {"CPU": 1000.0}}, autoscaling=True, progress=said.append, largest=node)
     assert said == ["warning: generator.num_cpus asks for 1000 CPUs per actor but the largest Ray node has 8; "
                     "lower it (fractions are allowed); waiting for the autoscaler to add a node that fits"]
+    # pinning to a node type: a custom resource or an accelerator type no node has
+    with pytest.raises(SpecError) as err:
+        check_resources({"generator": {"CPU": 1.0, "big_gpu_node": 0.01}}, autoscaling=False, progress=print,
+                        largest=node)
+    assert err.value.field == "generator.resources" and "'big_gpu_node'" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        check_resources({"classifier": {"GPU": 1.0, "accelerator_type:A100": 0.001}}, autoscaling=False,
+                        progress=print, largest={**node, "accelerator_type:L4": 1.0})
+    assert err.value.field == "classifier.accelerator_type" and "'A100'" in str(err.value) and "L4" in str(err.value)
+    check_resources({"classifier": {"GPU": 1.0, "accelerator_type:L4": 0.001}}, autoscaling=False, progress=print,
+                    largest={**node, "accelerator_type:L4": 1.0})
 
 
 # --- the command as a whole process ------------------------------------------------------------------------------

@@ -107,6 +107,27 @@ def _parser() -> argparse.ArgumentParser:
                         help="default: fp16 on a GPU, no on a CPU")
     tokens.add_argument("--seed", type=int, default=0)
 
+    submit = sub.add_parser("submit", help="submit `vbugs audit SPEC` as a Ray job to a cluster's job server")
+    submit.add_argument("spec", nargs="?", default=None, help=f"audit spec YAML (default: {DEFAULT_SPEC.name})")
+    submit.add_argument("--address", default=None, help="the job server, http://HEAD:8265 (default: "
+                        "RAY_API_SERVER_ADDRESS, or an http RAY_ADDRESS)")
+    submit.add_argument("--out", default=None, help="run directory on storage every node reaches (default: the "
+                                                     "spec's output_dir)")
+    submit.add_argument("--runtime-env", default=None, metavar="FILE",
+                        help="YAML or JSON runtime env laid over the spec's run.runtime_env")
+    submit.add_argument("--entrypoint-num-cpus", type=float, default=0.0, help="CPUs reserved for the driver")
+    submit.add_argument("--entrypoint-num-gpus", type=float, default=0.0, help="GPUs reserved for the driver")
+    submit.add_argument("--submission-id", default=None, help="the job's id (default: Ray picks one)")
+    submit.add_argument("--follow", action="store_true", help="then print the job's logs until it ends; the exit "
+                                                               "status says whether it succeeded")
+    for name, what in (("status", "a submitted job's status, as JSON"), ("logs", "a submitted job's logs"),
+                       ("stop", "stop a submitted job (finished shards are kept: submit again to resume)")):
+        job = sub.add_parser(name, help=what)
+        job.add_argument("submission_id")
+        job.add_argument("--address", default=None, help="the job server, http://HEAD:8265")
+        if name == "logs":
+            job.add_argument("--follow", action="store_true", help="until the job ends")
+
     validate = sub.add_parser("validate", help="check a spec and print its grid size")
     validate.add_argument("spec", nargs="?", default=None, help=f"audit spec YAML (default: {DEFAULT_SPEC.name})")
     return parser
@@ -145,6 +166,43 @@ def _report(args) -> int:
 
     check_output(Path(args.run_dir) / "report.html", "RUN_DIR")  # a read-only run: say so before the work
     print(write_html(args.run_dir))
+    return 0
+
+
+def _submit(args) -> int:
+    from vbugs_ray import submit
+
+    for flag in ("entrypoint_num_cpus", "entrypoint_num_gpus"):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"--{flag.replace('_', '-')}: must be a number >= 0; got {value!r}")
+    job = submit.submit(args.spec or str(DEFAULT_SPEC), args.address, args.out, args.runtime_env,
+                        args.entrypoint_num_cpus, args.entrypoint_num_gpus, args.submission_id, progress=_log)
+    print(job, flush=True)
+    _log(f"submitted; follow it with `vbugs logs {job} --follow`, or see `vbugs status {job}`")
+    return _follow(job, args.address) if args.follow else 0
+
+
+def _follow(job: str, address: str | None) -> int:
+    from vbugs_ray import submit
+
+    final = submit.logs(job, address, follow=True)
+    _log(f"job {job}: {final}")
+    return 0 if final == "SUCCEEDED" else 1
+
+
+def _job_command(args) -> int:
+    from vbugs_ray import submit
+
+    if args.command == "status":
+        print(to_json(submit.status(args.submission_id, args.address), indent=None))
+    elif args.command == "stop":
+        _log(f"job {args.submission_id}: " + ("stopping" if submit.stop(args.submission_id, args.address)
+                                             else "already finished"))
+    elif args.follow:
+        return _follow(args.submission_id, args.address)
+    else:
+        submit.logs(args.submission_id, args.address)
     return 0
 
 
@@ -282,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.getsignal(signal.SIGTERM)
     signals.install()  # SIGTERM unwinds like Ctrl-C: a local Ray is shut down, the run lock released
     try:
-        commands = {"audit": _audit, "slices": _slices, "verify": _verify, "report": _report, "diagnose": _diagnose, "discover": _discover,
+        commands = {"audit": _audit, "slices": _slices, "verify": _verify, "report": _report, "submit": _submit,
+                    "status": _job_command, "logs": _job_command, "stop": _job_command, "diagnose": _diagnose, "discover": _discover,
                     "validate": _validate, "learn-tokens": _learn_tokens}
         return commands[args.command](args)
     except Exception as exc:

@@ -16,7 +16,7 @@ import contextlib
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -170,34 +170,71 @@ class ScoreStage:
 
 def scoring_fused(spec: AuditSpec) -> bool:
     """Embedder and classifier in one actor: asked for (``run.fuse_scoring``) and placed alike:
-    the same device setting and number of actors, both or neither on a GPU, and together at most
-    one GPU per actor (an actor asking for more could fit no single-GPU node, where the two
+    the same device setting, pool size and node type, both or neither on a GPU, and together at
+    most one GPU per actor (an actor asking for more could fit no single-GPU node, where the two
     apart would)."""
     emb, cls = spec.embedder, spec.classifier
     return (spec.run.fuse_scoring and emb.device == cls.device and emb.concurrency == cls.concurrency
+            and emb.max_concurrency == cls.max_concurrency and emb.accelerator_type == cls.accelerator_type
+            and emb.resources == cls.resources
             and (emb.num_gpus > 0) == (cls.num_gpus > 0) and emb.num_gpus + cls.num_gpus <= 1)
 
 
-def ray_stages(spec: AuditSpec) -> list[tuple[type, int, int, float, float]]:
-    """(stage, batch size, actors, CPUs and GPUs per actor) in flow order for the Ray executor; a
-    fused scoring actor reserves what the embedder and the classifier would together."""
+class StagePlan(NamedTuple):
+    """How the Ray executor runs one model stage: its actor pool and what each actor reserves."""
+
+    stage: type
+    batch_size: int
+    actors: int  # the pool's size at the start
+    num_cpus: float
+    num_gpus: float
+    max_actors: int  # an autoscaling pool grows up to this while work waits
+    accelerator_type: str | None
+    resources: dict  # custom node resources per actor (pinning to a node type)
+
+    def pool(self):
+        import ray
+
+        return ray.data.ActorPoolStrategy(min_size=self.actors, max_size=self.max_actors)
+
+    def remote_args(self) -> dict:
+        """The pinning, as Ray's remote arguments (only those set)."""
+        return {**({"accelerator_type": self.accelerator_type} if self.accelerator_type else {}),
+                **({"resources": dict(self.resources)} if self.resources else {})}
+
+    def needs(self) -> dict[str, float]:
+        """What one actor needs of a node, as Ray names node resources."""
+        return {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources,
+                **({f"accelerator_type:{self.accelerator_type}": 0.001} if self.accelerator_type else {})}
+
+
+def _plan(stage: type, role: RoleSpec, **overrides) -> StagePlan:
+    fields = {"stage": stage, "batch_size": role.batch_size, "actors": role.concurrency, "num_cpus": role.num_cpus,
+              "num_gpus": role.num_gpus, "max_actors": max(role.concurrency, role.max_concurrency or 0),
+              "accelerator_type": role.accelerator_type, "resources": dict(role.resources)}
+    return StagePlan(**{**fields, **overrides})
+
+
+def ray_stages(spec: AuditSpec) -> list[StagePlan]:
+    """The model stages in flow order for the Ray executor; a fused scoring actor reserves what
+    the embedder and the classifier would together."""
     gen, emb, cls = spec.generator, spec.embedder, spec.classifier
-    out = [(GenerateStage, gen.batch_size, gen.concurrency, gen.num_cpus, gen.num_gpus)]
+    out = [_plan(GenerateStage, gen)]
     if scoring_fused(spec):
-        out.append((ScoreStage, emb.batch_size, emb.concurrency, emb.num_cpus + cls.num_cpus,
-                    emb.num_gpus + cls.num_gpus))
+        summed = {k: emb.resources.get(k, 0) + cls.resources.get(k, 0) for k in {*emb.resources, *cls.resources}}
+        out.append(_plan(ScoreStage, emb, num_cpus=emb.num_cpus + cls.num_cpus, num_gpus=emb.num_gpus + cls.num_gpus,
+                         resources=summed))
     else:
-        out += [(EmbedStage, emb.batch_size, emb.concurrency, emb.num_cpus, emb.num_gpus),
-                (ClassifyStage, cls.batch_size, cls.concurrency, cls.num_cpus, cls.num_gpus)]
+        out += [_plan(EmbedStage, emb), _plan(ClassifyStage, cls)]
     return out
 
 
-def actor_needs(spec: AuditSpec) -> dict[str, tuple[float, float]]:
-    """(CPUs, GPUs) one actor of each model stage reserves, by the roles it serves, for
-    ``raycluster.check_resources``."""
+def actor_needs(spec: AuditSpec) -> dict[str, dict[str, float]]:
+    """What one actor of each model stage needs of a node (CPU, GPU, custom resources, an
+    accelerator type), by the roles it serves, for ``raycluster.check_resources``."""
     roles = {GenerateStage: "generator", ScoreStage: "embedder+classifier", EmbedStage: "embedder",
              ClassifyStage: "classifier"}
-    return {roles[stage]: (cpus, gpus) for stage, _, _, cpus, gpus in ray_stages(spec)}
+    return {roles[plan.stage]: plan.needs() for plan in ray_stages(spec)}
 
 
 Published = Callable[[int, int], None]  # (shard index, rows) when a shard becomes visible
@@ -327,16 +364,17 @@ class RayExecutor:
             pending = pa.concat_tables([rows.slice(start, stop - start) for _, start, stop in shards])
             first = spec.generator.batch_size
             ds = ray.data.from_arrow([pending.slice(i, first) for i in range(0, pending.num_rows, first)])
-            for stage, batch_size, actors, num_cpus, num_gpus in ray_stages(spec):
+            for plan in ray_stages(spec):
                 ds = ds.map_batches(
-                    stage,
+                    plan.stage,
                     fn_constructor_kwargs={"spec": spec, "load_log": str(execution.load_log),
                                            "backends": registry.added()},
-                    batch_size=batch_size,
+                    batch_size=plan.batch_size,
                     batch_format="numpy",
-                    compute=ray.data.ActorPoolStrategy(size=actors),
-                    num_cpus=num_cpus,
-                    num_gpus=num_gpus or None,
+                    compute=plan.pool(),
+                    num_cpus=plan.num_cpus,
+                    num_gpus=plan.num_gpus or None,
+                    **plan.remote_args(),
                 )
             ds = ds.map_batches(write_rows, fn_kwargs={"writer": execution.writer}, batch_format="numpy",
                                 batch_size=spec.classifier.batch_size, num_cpus=0.25)

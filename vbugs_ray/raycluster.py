@@ -133,36 +133,57 @@ def _deadline(seconds: float, address: rayaddress.RayAddress) -> Iterator[None]:
 
 
 def largest_node() -> dict[str, float]:
-    """The most CPUs and GPUs any one live node of the connected cluster has (an actor must fit
-    on one node)."""
+    """The most of each resource (CPU, GPU, custom ones, ``accelerator_type:X``) any one live
+    node of the connected cluster has (an actor must fit on one node)."""
     import ray
 
-    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    return {kind: max((float(n.get(kind, 0)) for n in nodes), default=0.0) for kind in ("CPU", "GPU")}
+    largest: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            for kind, amount in node.get("Resources", {}).items():
+                largest[kind] = max(largest.get(kind, 0.0), float(amount))
+    return largest
 
 
-def check_resources(actors: Mapping[str, tuple[float, float]], autoscaling: bool, progress: Progress,
+ACCELERATOR = "accelerator_type:"
+
+
+def _shortfall(roles: str, kind: str, want: float, have: float, largest: Mapping[str, float],
+               autoscaling: bool) -> tuple[str, str]:
+    """(field, message) for an actor that wants ``want`` of ``kind`` where nodes have ``have``."""
+    role = roles.split("+")[0]
+    shared = f"{' and '.join(roles.split('+'))} share one actor (run.fuse_scoring), which " if "+" in roles else ""
+    if kind.startswith(ACCELERATOR):
+        types = sorted(k[len(ACCELERATOR):] for k in largest if k.startswith(ACCELERATOR)) or ["none"]
+        return (f"{role}.accelerator_type", f"{shared}asks for accelerator type {kind[len(ACCELERATOR):]!r} but no "
+                f"Ray node has one (the nodes' types: {', '.join(types)})")
+    if kind not in ("CPU", "GPU"):
+        return (f"{role}.resources", f"{shared}asks for {want:g} of the custom resource {kind!r} per actor but "
+                + (f"the largest Ray node has {have:g}" if have else "no Ray node has it")
+                + "; start the nodes with it (ray start --resources) or drop it")
+    field = f"{role}.num_{kind.lower()}s"
+    if kind == "GPU" and have == 0:
+        return (field, f"{shared}asks for {want:g} GPU per actor but the Ray cluster has none; set num_gpus: 0 "
+                f"(device: auto then runs on the CPU) or run on a cluster with GPUs")
+    fix = " or raise run.ray_num_cpus" if kind == "CPU" and not autoscaling else ""
+    return (field, f"{shared}asks for {want:g} {kind}s per actor but the largest Ray node has {have:g}; "
+            f"lower it (fractions are allowed){fix}")
+
+
+def check_resources(actors: Mapping[str, Mapping[str, float]], autoscaling: bool, progress: Progress,
                     largest: Mapping[str, float] | None = None) -> None:
-    """An actor that reserves more CPUs or GPUs than any node has would wait forever, with only
-    a warning buried in Ray's logs: say so at once. ``actors`` maps the roles an actor serves
-    ("embedder+classifier" for a fused scoring actor) to its (CPUs, GPUs). On a cluster we
-    joined an autoscaler may still add a node that fits, so there only warn."""
+    """An actor that reserves more of a resource than any node has (CPUs, GPUs, a custom
+    resource, an accelerator type) would wait forever, with only a warning buried in Ray's logs:
+    say so at once. ``actors`` maps the roles an actor serves ("embedder+classifier" for a fused
+    scoring actor) to what it needs (``pipeline.actor_needs``). On a cluster we joined an
+    autoscaler may still add a node that fits, so there only warn."""
     largest = largest_node() if largest is None else largest
-    for roles, need in actors.items():
-        for kind, field, want in (("CPU", "num_cpus", need[0]), ("GPU", "num_gpus", need[1])):
-            have = largest.get(kind, 0.0)
+    for roles, needs in actors.items():
+        for kind, want in needs.items():
+            have = float(largest.get(kind, 0.0))
             if want <= have:
                 continue
-            shared = (f"{' and '.join(roles.split('+'))} share one actor (run.fuse_scoring), which "
-                      if "+" in roles else "")
-            if kind == "GPU" and have == 0:
-                message = (f"{shared}asks for {want:g} GPU per actor but the Ray cluster has none; set num_gpus: 0 "
-                           f"(device: auto then runs on the CPU) or run on a cluster with GPUs")
-            else:
-                fix = " or raise run.ray_num_cpus" if kind == "CPU" and not autoscaling else ""
-                message = (f"{shared}asks for {want:g} {kind}s per actor but the largest Ray node has {have:g}; "
-                           f"lower it (fractions are allowed){fix}")
-            field_path = f"{roles.split('+')[0]}.{field}"
+            field_path, message = _shortfall(roles, kind, want, have, largest, autoscaling)
             if not autoscaling:
                 raise SpecError(field_path, message)
             progress(f"warning: {field_path} {message}; waiting for the autoscaler to add a node that fits")
@@ -170,9 +191,9 @@ def check_resources(actors: Mapping[str, tuple[float, float]], autoscaling: bool
 
 @contextlib.contextmanager
 def ray_session(run: RunSpec | None = None, progress: Progress = lambda _: None,
-                actors: Mapping[str, tuple[float, float]] | None = None) -> Iterator[None]:
+                actors: Mapping[str, Mapping[str, float]] | None = None) -> Iterator[None]:
     """Ray for one step of an audit: joined (``run.ray_address`` or RAY_ADDRESS) or started
-    locally, checked to have a node for each of ``actors`` (roles -> CPUs, GPUs per actor), and
+    locally, checked to have a node for each of ``actors`` (roles -> what one actor needs), and
     disconnected (a local Ray shut down) afterwards if this call connected. Nothing else in
     vbugs_ray calls ``ray.init``."""
     previous = signal.getsignal(signal.SIGTERM)

@@ -91,8 +91,13 @@ class RoleSpec:
     options: dict = option({}, kind=dict, doc="backend options")
     batch_size: int | str = option(256, parse=_batch_size)  # "auto": probed (batchprobe); resolved before use
     concurrency: int = option(1, kind=int, low=1)
+    # an autoscaling actor pool: `concurrency` actors to start, up to this many while work waits
+    max_concurrency: int | None = option(None, kind=int, low=1)
     num_cpus: float = option(0.25, kind=float, low=0, low_open=True)
     num_gpus: float = option(0.0, kind=float, low=0)
+    # pinning to a node type: Ray's accelerator type (A100, H100, L4...) and custom node resources
+    accelerator_type: str | None = option(None, kind=str)
+    resources: dict = option({}, kind=dict)
     device: str = option("auto", parse=_device)
     dtype: str = option("float32", parse=_dtype)
 
@@ -123,6 +128,8 @@ class RunSpec:
     ray_connect_timeout_s: float | None = option(None, kind=float, low=0, low_open=True, high=86_400)
     # embedder and classifier in one actor when they share a device (fewer actors, one transfer less)
     fuse_scoring: bool = option(True, kind=bool)
+    # `vbugs submit`: the Ray job's runtime env (pip, env_vars, working_dir...); --runtime-env overrides keys
+    runtime_env: dict | None = option(None, kind=dict)
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,15 @@ def _parse_role(role: str, data: Any, run: RunSpec) -> RoleSpec:
     if run.executor == "ray" and role != "captioner" and spec.device.startswith("cuda") and spec.num_gpus == 0:
         raise SpecError(f"{role}.num_gpus", f"device {spec.device} needs num_gpus > 0 (fractions allowed) "
                         f"so that Ray places the actor on a GPU; or set device: auto")
+    if spec.max_concurrency is not None and spec.max_concurrency < spec.concurrency:
+        raise SpecError(f"{role}.max_concurrency", f"must be >= concurrency ({spec.concurrency}); got "
+                        f"{spec.max_concurrency}")
+    for name, amount in spec.resources.items():
+        if not isinstance(name, str) or not name or name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise SpecError(f"{role}.resources", f"{quote(name)} is not a custom resource name; CPUs and GPUs are "
+                            "num_cpus and num_gpus")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
+            raise SpecError(f"{role}.resources.{name}", f"must be a number > 0 (per actor); got {quote(amount)}")
     return spec
 
 
