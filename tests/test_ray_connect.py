@@ -325,6 +325,45 @@ def test_the_cluster_given_by_ray_address_is_joined(million_row_table, tmp_path)
 
 @pytest.mark.cli
 @pytest.mark.ray
+@pytest.mark.trains
+def test_gpu_roles_on_a_joined_cluster_without_gpus_wait_with_a_warning(small_run, tmp_path):
+    """An autoscaled cluster whose GPU group is at zero nodes: the audit joins it, says it waits
+    for the autoscaler (it does not fail), and a SIGTERM cancels it cleanly."""
+    spec, _ = small_run
+    data = yaml.safe_load(spec.read_text())
+    data["generator"]["num_gpus"] = 1
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(data))
+    port = _free_port()
+    tmp = tempfile.mkdtemp(prefix="vbr", dir="/tmp")
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             f"--port={port}", "--num-cpus=4", "--num-gpus=0", "--include-dashboard=false"],
+                            env=_env(RAY_TMPDIR=tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        audit = subprocess.Popen([sys.executable, "-m", "vbugs_ray.cli", "audit", str(tmp_path / "gpu.yaml"),
+                                  "--out", str(tmp_path / "run")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True, env=_env(RAY_ADDRESS=f"127.0.0.1:{port}", RAY_AUTH_MODE="token",
+                                                     VBUGS_RAY_CONNECT_TIMEOUT_S="60"))
+        said, deadline = [], time.time() + 120
+        while time.time() < deadline:
+            line = audit.stderr.readline()
+            said.append(line)
+            if not line or "waiting for the autoscaler" in line:
+                break
+        assert said[-1].startswith("[vbugs] warning: generator.num_gpus asks for 1 GPU per actor but the Ray "
+                                   "cluster has none"), "".join(said)[-2000:]
+        time.sleep(3)
+        assert audit.poll() is None  # waiting, not failed
+        audit.send_signal(signal.SIGTERM)
+        rest = audit.communicate(timeout=60)[1]
+        assert audit.returncode == 143, rest[-2000:]
+        assert "terminated; finished shards are kept" in rest
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+
+
+@pytest.mark.cli
+@pytest.mark.ray
 def test_a_stale_ray_current_cluster_file_is_ignored(million_row_table, tmp_path):
     said = _search(million_row_table, tmp_path / "local.json", _env(RAY_TMPDIR=_stale_tmpdir(_free_port())))
     assert "starting a local Ray" in said

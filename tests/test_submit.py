@@ -42,9 +42,12 @@ def job_server():
     """A Ray head with its dashboard (the job server) on free ports; stopped afterwards."""
     port, dashboard = _free_port(), _free_port()
     tmp = tempfile.mkdtemp(prefix="vbs", dir="/tmp")
+    # every port its own: a head that stopped a moment ago (another test's) may still hold the defaults
+    agents = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+              f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
     head = subprocess.Popen([str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}",
                              f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=8",
-                             "--disable-usage-stats"], env=_env(RAY_TMPDIR=tmp),
+                             "--disable-usage-stats", *agents], env=_env(RAY_TMPDIR=tmp),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{dashboard}"
     try:

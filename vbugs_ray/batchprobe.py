@@ -29,7 +29,8 @@ import numpy as np
 from vbugs_ray.atomic import atomic_write_json
 from vbugs_ray.cache import key_of
 from vbugs_ray.roles import registry
-from vbugs_ray.spec import AUTO, PIPELINE_ROLES, AuditSpec, RoleSpec
+from vbugs_ray.shipping import pack, unpacked
+from vbugs_ray.spec import AUTO, PIPELINE_ROLES, AuditSpec, RoleSpec, pinning
 
 Progress = Callable[[str], None]
 
@@ -68,12 +69,13 @@ def _call(role: str, backend: Any) -> Callable:
 
 
 def measure(role: str, spec: AuditSpec, max_batch: int = MAX_BATCH, budget_s: float = BUDGET_S,
-            backends: dict | None = None) -> dict:
+            backends: dict | None = None, shipped: dict | None = None) -> dict:
     """Images/s of the role's backend at batch sizes 1, 2, 4, ... (see the module docstring), in
     this process; returns {"rates": [[batch, images/s], ...], "stopped": why, "device": ...}."""
     registry.adopt(backends)  # backends the driver registered, when this runs as a Ray task
     role_spec = dataclasses.replace(getattr(spec, role), batch_size=1)
-    backend = registry.create(role, role_spec, spec)
+    with unpacked(shipped):  # the driver's trained weights, on this node
+        backend = registry.create(role, role_spec, spec)
     call = _call(role, backend)
     rates: list[tuple[int, float]] = []
     start, batch, stopped, flat = time.perf_counter(), 1, "max_batch", 0
@@ -120,29 +122,33 @@ def _device_name() -> str:
 
 def _role_key(role_spec: RoleSpec) -> str:
     data = dataclasses.asdict(role_spec)
-    data.pop("batch_size")
-    data.pop("concurrency")
+    for name in ("batch_size", "concurrency", "max_concurrency"):  # the pool's size leaves a batch's speed alone
+        data.pop(name)
     return key_of(data)[:16]
 
 
-def _probe_where(role: str, spec: AuditSpec) -> dict:
-    """``measure`` where the role's actors run: a Ray task with the role's resources, or here."""
+def _probe_where(role: str, spec: AuditSpec, shipped: list[Path] = ()) -> dict:
+    """``measure`` where the role's actors run: a Ray task with the role's resources and
+    placement (and the driver's trained weights), or here."""
     if spec.run.executor != "ray":
         return measure(role, spec)
     import ray
 
     role_spec = getattr(spec, role)
-    task = ray.remote(num_cpus=role_spec.num_cpus, num_gpus=role_spec.num_gpus or 0)(measure)
-    return ray.get(task.remote(role, spec, backends=registry.added()))
+    task = ray.remote(num_cpus=role_spec.num_cpus, num_gpus=role_spec.num_gpus or 0,
+                      **pinning(role_spec.accelerator_type, role_spec.resources))(measure)
+    return ray.get(task.remote(role, spec, backends=registry.added(), shipped=pack(list(shipped))))
 
 
-def resolve(spec: AuditSpec, run_dir: str | Path, progress: Progress = lambda _: None,
-            probe: Callable[[str, AuditSpec], dict] = _probe_where) -> AuditSpec:
+def resolve(spec: AuditSpec, run_dir: str | Path, progress: Progress = lambda _: None, shipped: list[Path] = (),
+            probe: Callable[[str, AuditSpec], dict] | None = None) -> AuditSpec:
     """``spec`` with every ``batch_size: auto`` replaced by a measured one (kept in
-    ``RUN_DIR/batch_sizes.json``, measured only when missing there)."""
+    ``RUN_DIR/batch_sizes.json``, measured only when missing there). ``shipped``: the cache files
+    a probe on another node needs (roles' ``prepare``)."""
     auto = [role for role in PIPELINE_ROLES if getattr(spec, role).batch_size == AUTO]
     if not auto:
         return spec
+    probe = probe or (lambda role, spec: _probe_where(role, spec, shipped))
     path = Path(run_dir) / FILE
     held = json.loads(path.read_text()) if path.exists() else {}
     chosen = {}

@@ -3,13 +3,28 @@ written atomically, so that concurrent actors and interrupted runs never see hal
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from vbugs_ray.atomic import atomic_write
+from vbugs_ray.errors import RunStoreError
+
+_forbidden = 0  # > 0 while an actor builds its backends from shipped weights (vbugs_ray.shipping)
+
+
+@contextlib.contextmanager
+def training_forbidden() -> Iterator[None]:
+    """No training inside: weights must already be in the cache (shipped by the driver)."""
+    global _forbidden
+    _forbidden += 1
+    try:
+        yield
+    finally:
+        _forbidden -= 1
 
 
 def cache_dir() -> Path:
@@ -33,6 +48,9 @@ def cached_file(kind: str, config: Any, suffix: str = ".pt") -> Path:
 def trained(kind: str, config: Any, train: Callable[[], Any], progress: Callable[[str], None]) -> Path:
     """The cached ``torch.save`` of ``train()`` for ``config``, training first on a cache miss."""
     path = cached_file(kind, config)
+    if not path.exists() and _forbidden:
+        raise RunStoreError(f"{path.name} is not in this node's cache ({cache_dir()}) and was not shipped by the "
+                            "driver; the driver trains toy weights before any actor starts (roles' prepare)")
     if not path.exists():
         import torch
 

@@ -19,8 +19,9 @@ import pyarrow.compute as pc
 
 from vbugs_ray.roles import registry
 from vbugs_ray.roles.protocols import Captioner
-from vbugs_ray.spec import AuditSpec
+from vbugs_ray.spec import AuditSpec, node_needs, pinning
 from vbugs_ray.store import RunStore
+from vbugs_ray.shipping import pack, unpacked
 from vbugs_ray.terminal import open_bar
 
 
@@ -136,12 +137,13 @@ class CaptionStage:
     """Ray Data actor holding the spec's captioner; a batch is a list of (inside, reference)
     row-id sets, read from the run store (which the actor's node must be able to read)."""
 
-    def __init__(self, spec: AuditSpec, run_dir: str, backends: dict | None = None):
+    def __init__(self, spec: AuditSpec, run_dir: str, backends: dict | None = None, shipped: dict | None = None):
         from vbugs_ray.pipeline import limit_threads
 
         registry.adopt(backends)  # backends the driver registered (vbugs_ray.register_backend)
         limit_threads(spec.captioner)
-        self.rows = RowCaptioner(RunStore(run_dir), spec)
+        with unpacked(shipped):  # the driver's trained weights (the embedder's), on this node
+            self.rows = RowCaptioner(RunStore(run_dir), spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sets = [(np.asarray(inside, np.int64), np.asarray(reference, np.int64))
@@ -168,15 +170,19 @@ def caption_sets(store: RunStore, spec: AuditSpec, sets: list[tuple[np.ndarray, 
 
     items = [{"index": i, "inside": [int(r) for r in inside], "reference": [int(r) for r in reference]}
              for i, (inside, reference) in enumerate(sets)]
-    with ray_session(spec.run, progress, {"captioner": (role.num_cpus, role.num_gpus)}):
+    needs = node_needs(role.num_cpus, role.num_gpus, role.accelerator_type, role.resources)
+    with ray_session(spec.run, progress, {"captioner": needs}):
+        shipped = pack(registry.prepare_all(spec, progress, roles=("embedder", "captioner")))
         ds = ray.data.from_items(items).map_batches(
             CaptionStage,
-            fn_constructor_kwargs={"spec": spec, "run_dir": str(store.root.resolve()), "backends": registry.added()},
+            fn_constructor_kwargs={"spec": spec, "run_dir": str(store.root.resolve()), "backends": registry.added(),
+                                   "shipped": shipped},
             batch_size=-(-len(items) // role.concurrency),  # one batch per actor: columns are read once per batch
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(role.concurrency, len(items))),
             num_cpus=role.num_cpus,
             num_gpus=role.num_gpus or None,
+            **pinning(role.accelerator_type, role.resources),
         )
         captions = {}
         with open_bar(progress, "captions", len(items), unit="slice") as bar:

@@ -21,11 +21,11 @@ from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import actor_needs, make_executor
 from vbugs_ray.raycluster import ray_session, shard_runner
 from vbugs_ray.report import build_report
-from vbugs_ray.roles.registry import prepare, validate_backends
+from vbugs_ray.roles.registry import prepare_all, validate_backends
 from vbugs_ray.runlock import run_lock
 from vbugs_ray.slices.parquet import parquet_counter, shard_pieces, spans_shards
 from vbugs_ray.slices.search import run_search
-from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec, parse_spec
+from vbugs_ray.spec import AuditSpec, parse_spec
 from vbugs_ray.store import RunStore, plan_ranges, plan_shards
 from vbugs_ray.verify.run import Verification, verify_key
 
@@ -66,8 +66,7 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
     progress(f"{grid.num_rows} images in {len(shards)} shards; {len(shards) - len(pending)} already done")
     if not pending:
         return
-    for role in PIPELINE_ROLES:
-        prepare(role, getattr(spec, role), spec, progress)
+    shipped = prepare_all(spec, progress)  # trained here, once; actors on every node get these files
 
     t0 = time.time()
     n_done = images_done = 0
@@ -89,7 +88,7 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
                      f"{rate:.0f} images/s, {seconds:.0f}s, about {eta:.0f}s left)")
 
     with ray_session(spec.run, progress, actor_needs(spec)) if spec.run.executor == "ray" else contextlib.nullcontext():
-        executor = make_executor(batchprobe.resolve(spec, store.root, progress))
+        executor = make_executor(batchprobe.resolve(spec, store.root, progress, shipped), shipped)
         try:
             with bar:
                 loads = executor.run(grid, store, pending, published, bar.update)
@@ -97,7 +96,9 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
             executor.close()
             timing.add(store.root, "generation", time.time() - t0)
     atomic_write_json(store.root / "loads.json", loads)
-    progress("models loaded: " + ", ".join(f"{role} {n}" for role, n in loads.items())
+    nodes = json.loads((store.root / "nodes.json").read_text()) if (store.root / "nodes.json").exists() else {}
+    progress("models loaded: " + ", ".join(f"{role} {n}" + (f" on {len(nodes[role])} nodes" if len(nodes.get(role, ())) > 1
+                                                           else "") for role, n in loads.items())
              + f" (one execution over {len(pending)} shards)")
 
 

@@ -21,20 +21,30 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from vbugs_ray.atomic import atomic_write_json
 from vbugs_ray.errors import RunStoreError
 from vbugs_ray.filter import ClipFilter
 from vbugs_ray.roles import registry
 from vbugs_ray.roles.protocols import Classifier, Embedder, Generator
-from vbugs_ray.spec import AuditSpec, RoleSpec
+from vbugs_ray.shipping import pack, unpacked
+from vbugs_ray.spec import AuditSpec, RoleSpec, node_needs, pinning
 from vbugs_ray.store import RunStore, ShardWriter, rows_table
 
 TOP_K = 5
 
 
 def record_load(load_log: str | None, role: str) -> None:
-    """One file per model load under ``load_log``: executions count them (``model loads per role``)."""
+    """One file per model load under ``load_log``, holding the Ray node it happened on:
+    executions count them (model loads per role) and say where the actors ran."""
     if load_log:
-        Path(load_log, f"{role}-{uuid.uuid4().hex}").touch()
+        Path(load_log, f"{role}-{uuid.uuid4().hex}").write_text(_node_id())
+
+
+def _node_id() -> str:
+    import sys
+
+    ray = sys.modules.get("ray")  # never imported just to ask: the local executor runs without Ray
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else "local"
 
 
 def limit_threads(role_spec: RoleSpec, num_cpus: float | None = None) -> None:
@@ -50,11 +60,13 @@ def limit_threads(role_spec: RoleSpec, num_cpus: float | None = None) -> None:
 class GenerateStage:
     """prompt, seed -> image (N, H, W, 3) uint8."""
 
-    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None):
+    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None,
+                 shipped: dict | None = None):
         registry.adopt(backends)  # backends the driver registered (vbugs_ray.register_backend)
         limit_threads(spec.generator)
         record_load(load_log, "generator")
-        self.backend: Generator = registry.create("generator", spec.generator, spec)
+        with unpacked(shipped):  # the driver's trained weights, on this node (vbugs_ray.shipping)
+            self.backend: Generator = registry.create("generator", spec.generator, spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(batch)
@@ -66,11 +78,13 @@ class EmbedStage:
     """image -> embedding (N, D) float32, L2-normalised; then the CLIP filter's verdict from the
     same embeddings: valid, filter_reason (and the similarities, when the spec has a filter)."""
 
-    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None):
+    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None,
+                 shipped: dict | None = None):
         registry.adopt(backends)  # backends the driver registered (vbugs_ray.register_backend)
         limit_threads(spec.embedder)
         record_load(load_log, "embedder")
-        self.backend: Embedder = registry.create("embedder", spec.embedder, spec)
+        with unpacked(shipped):  # the driver's trained weights, on this node (vbugs_ray.shipping)
+            self.backend: Embedder = registry.create("embedder", spec.embedder, spec)
         self.filter = ClipFilter(spec, self.backend) if spec.filter is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -95,11 +109,13 @@ class ClassifyStage:
     row says): they get pred_index -1, empty names, NaN p_true and loss, and error false.
     """
 
-    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None):
+    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None,
+                 shipped: dict | None = None):
         registry.adopt(backends)  # backends the driver registered (vbugs_ray.register_backend)
         limit_threads(spec.classifier)
         record_load(load_log, "classifier")
-        self.backend: Classifier = registry.create("classifier", spec.classifier, spec)
+        with unpacked(shipped):  # the driver's trained weights, on this node (vbugs_ray.shipping)
+            self.backend: Classifier = registry.create("classifier", spec.classifier, spec)
         self.class_map = self.backend.class_map
         self.class_names = np.asarray(spec.classes, dtype=object)
 
@@ -159,8 +175,10 @@ class ScoreStage:
     """Embed + filter, then classify, in one actor: one actor to start and one hand-over between
     processes less, when the embedder and the classifier share a device (``scoring_fused``)."""
 
-    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None):
-        self.embed, self.classify = EmbedStage(spec, load_log, backends), ClassifyStage(spec, load_log, backends)
+    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None,
+                 shipped: dict | None = None):
+        self.embed = EmbedStage(spec, load_log, backends, shipped)
+        self.classify = ClassifyStage(spec, load_log, backends, shipped)
         self.classify_batch = spec.classifier.batch_size
         limit_threads(spec.embedder, spec.embedder.num_cpus + spec.classifier.num_cpus)  # the actor's CPUs
 
@@ -198,14 +216,10 @@ class StagePlan(NamedTuple):
         return ray.data.ActorPoolStrategy(min_size=self.actors, max_size=self.max_actors)
 
     def remote_args(self) -> dict:
-        """The pinning, as Ray's remote arguments (only those set)."""
-        return {**({"accelerator_type": self.accelerator_type} if self.accelerator_type else {}),
-                **({"resources": dict(self.resources)} if self.resources else {})}
+        return pinning(self.accelerator_type, self.resources)
 
     def needs(self) -> dict[str, float]:
-        """What one actor needs of a node, as Ray names node resources."""
-        return {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources,
-                **({f"accelerator_type:{self.accelerator_type}": 0.001} if self.accelerator_type else {})}
+        return node_needs(self.num_cpus, self.num_gpus, self.accelerator_type, self.resources)
 
 
 def _plan(stage: type, role: RoleSpec, **overrides) -> StagePlan:
@@ -290,8 +304,12 @@ class _Execution:
             raise RunStoreError(f"the execution ended with shards {missing[:5]} of {self.store.rows_dir} incomplete; "
                                 f"re-run the same command to write them")
         counts = {role: 0 for role, _ in STAGES}
+        nodes: dict[str, set[str]] = {role: set() for role, _ in STAGES}
         for path in self.load_log.iterdir():
-            counts[path.name.split("-")[0]] += 1
+            role = path.name.split("-")[0]
+            counts[role] += 1
+            nodes[role].add(path.read_text())
+        atomic_write_json(self.store.root / "nodes.json", {role: sorted(ids) for role, ids in nodes.items()})
         return counts
 
 
@@ -351,8 +369,8 @@ class RayExecutor:
     keeps every whole shard and re-runs only the others.
     """
 
-    def __init__(self, spec: AuditSpec):
-        self.spec = spec
+    def __init__(self, spec: AuditSpec, shipped: list[Path] = ()):
+        self.spec, self.shipped = spec, list(shipped)
 
     def run(self, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]],
             published: Published = lambda *_: None, rows_written: RowsWritten | None = None) -> dict[str, int]:
@@ -360,6 +378,7 @@ class RayExecutor:
         import ray
 
         spec = self.spec
+        shipped = pack(self.shipped)  # once per execution, however many actors and nodes
         with _Execution(spec, rows, store, shards, published, rows_written) as execution:
             pending = pa.concat_tables([rows.slice(start, stop - start) for _, start, stop in shards])
             first = spec.generator.batch_size
@@ -368,7 +387,7 @@ class RayExecutor:
                 ds = ds.map_batches(
                     plan.stage,
                     fn_constructor_kwargs={"spec": spec, "load_log": str(execution.load_log),
-                                           "backends": registry.added()},
+                                           "backends": registry.added(), "shipped": shipped},
                     batch_size=plan.batch_size,
                     batch_format="numpy",
                     compute=plan.pool(),
@@ -386,5 +405,6 @@ class RayExecutor:
         pass
 
 
-def make_executor(spec: AuditSpec) -> LocalExecutor | RayExecutor:
-    return RayExecutor(spec) if spec.run.executor == "ray" else LocalExecutor(spec)
+def make_executor(spec: AuditSpec, shipped: list[Path] = ()) -> LocalExecutor | RayExecutor:
+    """The spec's executor; ``shipped``: the cache files its actors need (roles' ``prepare``)."""
+    return RayExecutor(spec, shipped) if spec.run.executor == "ray" else LocalExecutor(spec)

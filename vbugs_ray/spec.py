@@ -102,6 +102,20 @@ class RoleSpec:
     dtype: str = option("float32", parse=_dtype)
 
 
+def pinning(accelerator_type: str | None, resources: Mapping[str, float]) -> dict:
+    """Ray remote arguments that pin actors to a node type (only those set)."""
+    return {**({"accelerator_type": accelerator_type} if accelerator_type else {}),
+            **({"resources": dict(resources)} if resources else {})}
+
+
+def node_needs(num_cpus: float, num_gpus: float, accelerator_type: str | None,
+               resources: Mapping[str, float]) -> dict[str, float]:
+    """What one actor needs of a node, as Ray names node resources (an accelerator type is a
+    resource ``accelerator_type:X`` of which a node has 1)."""
+    return {"CPU": num_cpus, "GPU": num_gpus, **resources,
+            **({f"accelerator_type:{accelerator_type}": 0.001} if accelerator_type else {})}
+
+
 @dataclass(frozen=True)
 class FilterSpec:
     """The CLIP filter (Dataset Interfaces): a generated image must look like its class (and its

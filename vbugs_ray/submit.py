@@ -17,6 +17,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,8 @@ from vbugs_ray.spec import load_spec
 from vbugs_ray.terminal import verbose
 
 Progress = Callable[[str], None]
+AGENT_WAIT_S = 60.0  # a head just started answers before its job agent runs: retry that long
+AGENT_RETRY_S = 2.0
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -50,8 +53,9 @@ def client(address: str | None):
         from ray.job_submission import JobSubmissionClient
     except ImportError as exc:
         raise UsageError(f"vbugs submit needs Ray's job client ({exc}); pip install 'ray[default]'") from None
-    if not verbose():  # the client's INFO lines (a websocket closed...) are its own business
-        logging.getLogger("ray.dashboard").setLevel(logging.WARNING)
+    if not verbose():  # the client's INFO lines (a package uploaded, a websocket closed) are its own business
+        for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return JobSubmissionClient(url)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or its AuthenticationError
@@ -104,13 +108,21 @@ def submit(spec_path: str, address: str | None, out: str | None, runtime_env: st
             shutil.copy(spec_path, Path(folder) / name)
             env["working_dir"] = folder
         entrypoint = f"vbugs audit {shlex.quote(name)} --out {shlex.quote(run_dir)}"
-        try:
-            return jobs.submit_job(entrypoint=entrypoint, runtime_env=env, submission_id=submission_id,
-                                   entrypoint_num_cpus=entrypoint_num_cpus or None,
-                                   entrypoint_num_gpus=entrypoint_num_gpus or None,
-                                   metadata={"vbugs_spec": spec.name, "run_dir": run_dir})
-        except Exception as exc:  # noqa: BLE001 - the job server's refusal, as one line
-            raise UsageError(f"the job server refused the job: {cut(one_line(str(exc)), 160)}") from None
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                return jobs.submit_job(entrypoint=entrypoint, runtime_env=env, submission_id=submission_id,
+                                       entrypoint_num_cpus=entrypoint_num_cpus or None,
+                                       entrypoint_num_gpus=entrypoint_num_gpus or None,
+                                       metadata={"vbugs_spec": spec.name, "run_dir": run_dir})
+            except Exception as exc:  # noqa: BLE001 - the job server's refusal, as one line
+                text = one_line(str(exc))
+                if "No available agent" in text and time.monotonic() < deadline:
+                    # a head that just started: its job agent comes up after the dashboard answers
+                    progress("the cluster's job agent is not up yet; trying again")
+                    time.sleep(AGENT_RETRY_S)
+                    continue
+                raise UsageError(f"the job server refused the job: {cut(text, 160)}") from None
 
 
 def _job(jobs, submission_id: str):

@@ -7,7 +7,8 @@ A backend class (see roles.protocols for what each role must provide) has:
 - ``check(options, spec)`` (classmethod, optional): what the declaration cannot say (a model
   name, a file, agreement with other parts of the spec), at validation time;
 - ``prepare(options, spec, progress)`` (classmethod, optional): one-time driver-side work
-  (training, reading files) before any actor starts, so that actors only load;
+  (training, reading files) before any actor starts, so that actors only load; it returns the
+  files under vbugs_ray's cache the actors need (shipped to every node: vbugs_ray.shipping);
 - ``__init__(options, role_spec, spec)``: load the model (once per actor); a captioner also
   receives ``embedder``.
 """
@@ -106,10 +107,20 @@ def validate_backends(spec: AuditSpec) -> AuditSpec:
     return spec
 
 
-def prepare(role: str, role_spec: RoleSpec, spec: AuditSpec, progress: Callable[[str], None] = print) -> None:
+def prepare(role: str, role_spec: RoleSpec, spec: AuditSpec, progress: Callable[[str], None] = print) -> list:
+    """The backend's driver-side preparation; returns the cache files its actors need."""
     cls = backend_class(role, role_spec.backend)
     if hasattr(cls, "prepare"):
-        cls.prepare(options_of(role, role_spec), spec, progress)
+        return list(cls.prepare(options_of(role, role_spec), spec, progress) or [])
+    return []
+
+
+def prepare_all(spec: AuditSpec, progress: Callable[[str], None] = print, roles=None) -> list:
+    """``prepare`` for each pipeline role (or ``roles``); the cache files their actors need."""
+    from vbugs_ray.spec import PIPELINE_ROLES
+
+    return [path for role in (roles or PIPELINE_ROLES) if getattr(spec, role) is not None
+            for path in prepare(role, getattr(spec, role), spec, progress)]
 
 
 def create(role: str, role_spec: RoleSpec, spec: AuditSpec, **needs: Any) -> Any:

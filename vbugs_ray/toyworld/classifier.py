@@ -189,9 +189,14 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
     return {"config": config, "state_dict": model.state_dict()}
 
 
+def weights_path(config: dict, progress: Callable[[str], None] = print):
+    """The cached weights file for ``config``, training it first if the cache has none."""
+    return trained("toy-classifier", config, lambda: train(config, progress), progress)
+
+
 def load_or_train(config: dict, progress: Callable[[str], None] = print) -> ToyCNN:
     """The cached classifier for ``config``, training it first if the cache has none."""
-    path = trained("toy-classifier", config, lambda: train(config, progress), progress)
+    path = weights_path(config, progress)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = ToyCNN(len(checkpoint["config"]["classes"]))
     model.load_state_dict(checkpoint["state_dict"])

@@ -29,7 +29,7 @@ from vbugs_ray.cache import key_of
 from vbugs_ray.pipeline import actor_needs, make_executor
 from vbugs_ray.raycluster import ray_session
 from vbugs_ray.roles import registry
-from vbugs_ray.spec import PIPELINE_ROLES, AuditSpec
+from vbugs_ray.spec import AuditSpec
 from vbugs_ray.store import RunStore, plan_ranges, plan_shards, rows_fingerprint
 from vbugs_ray.terminal import open_bar
 from vbugs_ray.verify import complements
@@ -183,9 +183,9 @@ class Verification:
 
         def executor():
             if not executor_box:
-                for role in PIPELINE_ROLES:
-                    registry.prepare(role, getattr(self.spec, role), self.spec, progress)
-                executor_box.append(make_executor(batchprobe.resolve(self.spec, self.store.root, progress)))
+                shipped = registry.prepare_all(self.spec, progress)
+                executor_box.append(make_executor(batchprobe.resolve(self.spec, self.store.root, progress, shipped),
+                                                  shipped))
             return executor_box[0]
 
         generated = 0

@@ -143,8 +143,8 @@ class ToyWorldClassifier:
                                 f"{quote(bug.relabel)} is not one of the spec's classes")
 
     @classmethod
-    def prepare(cls, options, spec, progress=print) -> None:
-        toy.load_or_train(training_config(options, spec), progress)
+    def prepare(cls, options, spec, progress=print) -> list:
+        return [toy.weights_path(training_config(options, spec), progress)]
 
     def __init__(self, options, role_spec, spec):
         self.model = toy.load_or_train(training_config(options, spec), progress=lambda _: None)

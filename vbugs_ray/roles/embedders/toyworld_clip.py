@@ -36,8 +36,8 @@ class ToyWorldCLIPEmbedder(OpenCLIPModel):
             raise SpecError("embedder.backend", "toyworld_clip only knows toy-world images; use open_clip for real generators")
 
     @classmethod
-    def prepare(cls, options, spec, progress=print) -> None:
-        toyclip.checkpoint_path(training_config(options, spec), progress)
+    def prepare(cls, options, spec, progress=print) -> list:
+        return [toyclip.checkpoint_path(training_config(options, spec), progress)]
 
     def __init__(self, options, role_spec, spec):
         toyclip.register_config()
