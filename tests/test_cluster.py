@@ -165,3 +165,23 @@ def _same_run(run_dir: Path, clean: Path) -> None:
     assert rows.equals(reference)  # the same seeds, predictions and errors
     found = json.loads((run_dir / "report.json").read_text())["flagged_slices"]
     assert found == json.loads((clean / "report.json").read_text())["flagged_slices"]
+
+
+@pytest.mark.cli
+@pytest.mark.ray
+@pytest.mark.trains
+def test_a_driver_killed_mid_run_resumes_when_run_again(cluster, undisturbed, tmp_path):
+    """SIGKILL leaves no chance to clean up: the run lock names a dead process and a shard may be
+    half-written. Running the same command again takes the run over and finishes it."""
+    head, _, _ = cluster
+    spec, clean = undisturbed
+    process = _audit(spec, tmp_path / "run", head.address)
+    before = _wait_for(process, "shard 1/6 written")
+    process.kill()
+    process.communicate(timeout=60)
+    done = sorted(p.name for p in (tmp_path / "run" / "rows").glob("shard-*"))
+    assert 1 <= len(done) < 6, done
+    again = _audit(spec, tmp_path / "run", head.address)
+    out = _finish(again, before)
+    assert "flagged" in out
+    _same_run(tmp_path / "run", clean)

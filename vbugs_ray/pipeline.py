@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from vbugs_ray.atomic import atomic_write_json
 from vbugs_ray.errors import RunStoreError
+from vbugs_ray.failures import FAILED, FAILED_REASON, FailureBudget, guarded, reasons_column
 from vbugs_ray.filter import ClipFilter
 from vbugs_ray.roles import registry
 from vbugs_ray.roles.protocols import Classifier, Embedder, Generator
@@ -70,7 +71,14 @@ class GenerateStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(batch)
-        out["image"] = self.backend.generate(list(batch["prompt"]), np.asarray(batch["seed"]))
+        prompts, seeds = list(batch["prompt"]), np.asarray(batch["seed"])
+        n = len(prompts)
+        images, failed = guarded(lambda rows: self.backend.generate([prompts[i] for i in rows], seeds[rows]), n,
+                                 "generator")
+        out["image"] = images if images is not None else np.zeros((n, PLACEHOLDER_SIDE, PLACEHOLDER_SIDE, 3), np.uint8)
+        out[FAILED] = reasons_column(batch, n)
+        for row, reason in failed.items():
+            out[FAILED][row] = reason
         return out
 
 
@@ -86,16 +94,40 @@ class EmbedStage:
         with unpacked(shipped):  # the driver's trained weights, on this node (vbugs_ray.shipping)
             self.backend: Embedder = registry.create("embedder", spec.embedder, spec)
         self.filter = ClipFilter(spec, self.backend) if spec.filter is not None else None
+        self._size: int | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(batch)
-        out["embedding"] = np.asarray(self.backend.embed_images(batch["image"]), np.float32)
+        n = len(batch["image"])
+        reasons = reasons_column(batch, n)
+        ok = np.flatnonzero(reasons == "")
+        images = np.asarray(batch["image"])
+        embedded, failed = guarded(lambda rows: self.backend.embed_images(images[ok[rows]]), len(ok), "embedder")
+        for row, reason in failed.items():
+            reasons[ok[row]] = reason
+        embedding = np.zeros((n, self._dim(embedded)), np.float32)
+        if embedded is not None:
+            embedding[ok] = embedded
+        out["embedding"] = embedding
         if self.filter is not None:
             out.update(self.filter(batch, out["embedding"]))
         else:
-            out["valid"] = np.ones(len(out["embedding"]), bool)
-            out["filter_reason"] = np.full(len(out["embedding"]), "", dtype=object)
+            out["valid"] = np.ones(n, bool)
+            out["filter_reason"] = np.full(n, "", dtype=object)
+        bad = reasons != ""
+        out["valid"] = np.asarray(out["valid"], bool) & ~bad
+        out["filter_reason"] = np.where(bad, FAILED_REASON, np.asarray(out["filter_reason"], dtype=object))
+        out[FAILED] = reasons
         return out
+
+    def _dim(self, embedded: np.ndarray | None) -> int:
+        """The embedding size (asked of the model when no image of the batch could be embedded:
+        every batch's embedding column must have the same size)."""
+        if embedded is not None:
+            return embedded.shape[1]
+        if self._size is None:
+            self._size = int(np.asarray(self.backend.embed_texts(["a photo"])).shape[1])
+        return self._size
 
 
 class ClassifyStage:
@@ -127,15 +159,29 @@ class ClassifyStage:
                     "pred_label": np.full(n, -1, np.int64), "pred": np.full(n, "", dtype=object),
                     "p_true": np.full(n, np.nan, np.float32), "loss": np.full(n, np.nan, np.float32),
                     "top5": np.full(n, "", dtype=object), "error": np.zeros(n, bool)})
+        reasons = reasons_column(batch, n)
         if valid.any():
             rows = np.nonzero(valid)[0]
-            verdict = self.verdict(np.asarray(batch["image"])[rows], np.asarray(batch["label"], np.int64)[rows])
-            for name, values in verdict.items():
-                out[name][rows] = values
+            images, labels = np.asarray(batch["image"])[rows], np.asarray(batch["label"], np.int64)[rows]
+            probs, failed = guarded(lambda part: self.backend.predict_proba(images[part]), len(rows), "classifier")
+            probs = np.zeros((len(rows), 1)) if probs is None else np.asarray(probs, np.float64)
+            for part in np.flatnonzero(~np.isfinite(probs).all(axis=1)):
+                failed.setdefault(int(part), "classifier: non-finite output (NaN or inf probabilities)")
+            good = np.setdiff1d(np.arange(len(rows)), np.fromiter(failed, int, len(failed)))
+            if len(good):
+                for name, values in self.verdict_of(probs[good], labels[good]).items():
+                    out[name][rows[good]] = values
+            for part, reason in failed.items():
+                reasons[rows[part]] = reason
+        bad = reasons != ""
+        out[FAILED] = reasons
+        if bad.any():  # failed rows are invalid rows: in no statistic, counted in the report
+            out["valid"] = valid & ~bad
+            out["filter_reason"] = np.where(bad, FAILED_REASON, np.asarray(batch.get("filter_reason", [""] * n),
+                                                                           dtype=object))
         return out
 
-    def verdict(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-        probs = np.asarray(self.backend.predict_proba(images), np.float64)
+    def verdict_of(self, probs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         cmap = self.class_map
         top = np.argsort(-probs, axis=1, kind="stable")[:, : min(TOP_K, probs.shape[1])]
         top1 = top[:, 0]
@@ -152,6 +198,8 @@ class ClassifyStage:
             "error": cmap.is_error(top1, labels),
         }
 
+
+PLACEHOLDER_SIDE = 64  # the image of a row whose every generator call failed (kept invalid, never shown as data)
 
 STAGES: tuple[tuple[str, type], ...] = (
     ("generator", GenerateStage),
@@ -271,6 +319,7 @@ class _Execution:
         self.load_log = store.root.resolve() / ".loads" / uuid.uuid4().hex
         self.load_log.mkdir(parents=True)
         self.reported: set[int] = set()
+        self.budget = FailureBudget(spec.run.max_failed_share, sum(self.sizes.values()))
 
     def __enter__(self) -> "_Execution":
         return self
@@ -284,6 +333,8 @@ class _Execution:
         """Tell the caller how many rows a write task wrote, and of each shard it published."""
         if self.rows_written is not None:
             self.rows_written(int(np.sum(out["rows"])))
+        if "failed" in out and int(np.sum(out["failed"])):
+            self.budget.add(int(np.sum(out["failed"])), next((str(r) for r in out["failure"] if r), ""))
         for shard, done in zip(out["shard"], out["published"]):
             if done and int(shard) not in self.reported:
                 self.reported.add(int(shard))
@@ -314,10 +365,17 @@ class _Execution:
 
 
 def write_rows(batch: dict[str, np.ndarray], writer: dict) -> dict[str, np.ndarray]:
-    """The last step of an execution: the batch as run-store rows, into their shards."""
+    """The last step of an execution: the batch as run-store rows, into their shards; with each
+    shard it touched, the rows written, whether it was published, and (on the first) the rows
+    of the batch that failed and one reason."""
     written = ShardWriter(**writer).write(rows_table(batch))
+    reasons = np.asarray(batch.get(FAILED, []), dtype=object)
+    bad = reasons[reasons != ""]
+    k = len(written)
     return {"shard": np.asarray([w[0] for w in written], np.int64), "rows": np.asarray([w[1] for w in written], np.int64),
-            "published": np.asarray([w[2] for w in written], bool)}
+            "published": np.asarray([w[2] for w in written], bool),
+            "failed": np.asarray([len(bad)] + [0] * (k - 1), np.int64)[:k],
+            "failure": np.asarray([bad[0] if len(bad) else ""] + [""] * (k - 1), dtype=object)[:k]}
 
 
 class LocalExecutor:

@@ -142,6 +142,8 @@ class RunSpec:
     ray_connect_timeout_s: float | None = option(None, kind=float, low=0, low_open=True, high=86_400)
     # embedder and classifier in one actor when they share a device (fewer actors, one transfer less)
     fuse_scoring: bool = option(True, kind=bool)
+    # rows whose batch failed are marked and kept; more than this share of an execution's rows stops it
+    max_failed_share: float = option(0.01, kind=float, low=0, high=1)
     # `vbugs submit`: the Ray job's runtime env (pip, env_vars, working_dir...); --runtime-env overrides keys
     runtime_env: dict | None = option(None, kind=dict)
 

@@ -32,7 +32,10 @@ class ToyWorldCLIPEmbedder(OpenCLIPModel):
 
     @classmethod
     def check(cls, options, spec) -> None:
-        if spec.generator.backend != "toyworld":
+        from vbugs_ray.roles.registry import backend_class
+
+        # the toy renderer, or a backend built on it (a registered subclass): they say so
+        if not getattr(backend_class("generator", spec.generator.backend), "draws_toy_world", False):
             raise SpecError("embedder.backend", "toyworld_clip only knows toy-world images; use open_clip for real generators")
 
     @classmethod

@@ -16,6 +16,8 @@ from vbugs_ray.toyworld import renderer
 
 
 class ToyWorldGenerator:
+    draws_toy_world = True  # what the toy CLIP was trained on (subclasses inherit it)
+
     @dataclass(frozen=True)
     class Options:
         resolution: int = option(renderer.DEFAULT_RESOLUTION, kind=int, low=16, high=512)
