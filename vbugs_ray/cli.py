@@ -128,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         if name == "logs":
             job.add_argument("--follow", action="store_true", help="until the job ends")
 
+    sweep = sub.add_parser("sweep", help="one grid of images, several classifiers: generate once, audit each, compare")
+    sweep.add_argument("sweep", help="sweep YAML (see jobs/sweep_toyworld.yaml)")
+    sweep.add_argument("--out", default=None, help="folder for the runs (default: the sweep's output_dir)")
+    sweep.add_argument("--top", type=int, default=15, help="rows of the comparison to print")
+    _verbose_flag(sweep)
+
     validate = sub.add_parser("validate", help="check a spec and print its grid size")
     validate.add_argument("spec", nargs="?", default=None, help=f"audit spec YAML (default: {DEFAULT_SPEC.name})")
     return parser
@@ -203,6 +209,15 @@ def _job_command(args) -> int:
         return _follow(args.submission_id, args.address)
     else:
         submit.logs(args.submission_id, args.address)
+    return 0
+
+
+def _sweep(args) -> int:
+    from vbugs_ray.compare import format_comparison
+    from vbugs_ray.sweep import parse_sweep, run_sweep
+
+    sweep = parse_sweep(args.sweep)
+    print(format_comparison(run_sweep(sweep, args.out, progress=_log), args.top))
     return 0
 
 
@@ -340,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.getsignal(signal.SIGTERM)
     signals.install()  # SIGTERM unwinds like Ctrl-C: a local Ray is shut down, the run lock released
     try:
-        commands = {"audit": _audit, "slices": _slices, "verify": _verify, "report": _report, "submit": _submit,
+        commands = {"audit": _audit, "slices": _slices, "verify": _verify, "report": _report, "submit": _submit, "sweep": _sweep,
                     "status": _job_command, "logs": _job_command, "stop": _job_command, "diagnose": _diagnose, "discover": _discover,
                     "validate": _validate, "learn-tokens": _learn_tokens}
         return commands[args.command](args)

@@ -16,7 +16,7 @@ from vbugs_ray import batchprobe, timing
 from vbugs_ray.terminal import open_bar, stderr
 from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
-from vbugs_ray.errors import SpecError
+from vbugs_ray.errors import RunStoreError, SpecError
 from vbugs_ray.grid import build_grid
 from vbugs_ray.pipeline import actor_needs, make_executor
 from vbugs_ray.raycluster import ray_session, shard_runner
@@ -25,7 +25,7 @@ from vbugs_ray.roles.registry import prepare_all, validate_backends
 from vbugs_ray.runlock import run_lock
 from vbugs_ray.slices.parquet import parquet_counter, shard_pieces, spans_shards
 from vbugs_ray.slices.search import run_search
-from vbugs_ray.spec import AuditSpec, parse_spec
+from vbugs_ray.spec import AuditSpec, node_needs, parse_spec
 from vbugs_ray.store import RunStore, plan_ranges, plan_shards
 from vbugs_ray.verify.run import Verification, verify_key
 
@@ -100,6 +100,50 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
     progress("models loaded: " + ", ".join(f"{role} {n}" + (f" on {len(nodes[role])} nodes" if len(nodes.get(role, ())) > 1
                                                            else "") for role, n in loads.items())
              + f" (one execution over {len(pending)} shards)")
+
+
+def rescore_rows(source: RunStore, spec: AuditSpec, run_dir: str | Path, progress: Progress = _log) -> RunStore:
+    """A sweep's other classifiers: the rows of ``source`` (drawn, filtered and embedded once, for
+    the sweep's first classifier) scored by ``spec``'s classifier into ``run_dir``; resumable and
+    checked like ``generate_rows``."""
+    with run_lock(run_dir, "vbugs sweep", create=True):
+        validate_backends(spec)
+        n_rows = build_grid(spec).num_rows
+        store = RunStore(run_dir, planned=plan_ranges(0, n_rows, spec.run.shard_rows))
+        first_start = not store.spec_path.exists()
+        store.open_for(spec)
+        try:
+            _rescore(source, spec, n_rows, store, progress)
+        except BaseException:
+            if first_start:
+                store.forget_failed_start()
+            raise
+    return store
+
+
+def _rescore(source: RunStore, spec: AuditSpec, n_rows: int, store: RunStore, progress: Progress) -> None:
+    shards = plan_shards(n_rows, spec.run.shard_rows)
+    pending = [s for s in shards if s[0] not in store.set_aside_damaged(progress).whole]
+    progress(f"{store.root.name}: scoring the {n_rows} stored images of {source.root.name} ({len(shards)} shards; "
+             f"{len(shards) - len(pending)} already done)")
+    if not pending:
+        return
+    sources = {index: [str(p) for p in parts] for index, parts in source.checked().whole.items()}
+    if any(index not in sources for index, _, _ in pending):
+        raise RunStoreError(f"{source.root} lacks shards this sweep scores again; finish its run first")
+    shipped = prepare_all(spec, progress, roles=("classifier",))
+    t0 = time.time()
+    cls = spec.classifier
+    needs = {"classifier": node_needs(cls.num_cpus, cls.num_gpus, cls.accelerator_type, cls.resources)}
+    with ray_session(spec.run, progress, needs) if spec.run.executor == "ray" else contextlib.nullcontext():
+        executor = make_executor(batchprobe.resolve(spec, store.root, progress, shipped), shipped)
+        try:
+            with open_bar(progress, f"{store.root.name}: images", n_rows, unit="img") as bar:
+                loads = executor.rescore(sources, store, pending, lambda *_: None, bar.update)
+        finally:
+            executor.close()
+            timing.add(store.root, "scoring", time.time() - t0)
+    atomic_write_json(store.root / "loads.json", loads)
 
 
 def filter_summary(store: RunStore) -> dict | None:

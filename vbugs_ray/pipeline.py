@@ -13,6 +13,7 @@ loads its model once for the whole run and the pipeline never drains between sha
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import uuid
 from pathlib import Path
@@ -219,6 +220,35 @@ def _in_chunks(stage, batch: dict[str, np.ndarray], size: int) -> dict[str, np.n
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
+SCORES = ("pred_index", "pred_name", "pred_label", "pred", "p_true", "loss", "error", "top5")  # the classifier's
+
+
+class RescoreStage:
+    """Another classifier over stored rows (a sweep): the stored PNGs decoded, the classifier's
+    columns replaced; the generator's, the embedder's and the filter's columns kept as stored."""
+
+    def __init__(self, spec: AuditSpec, load_log: str | None = None, backends: dict | None = None,
+                 shipped: dict | None = None):
+        self.classify = ClassifyStage(spec, load_log, backends, shipped)
+        self.batch_size = spec.classifier.batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from PIL import Image
+
+        out = {k: v for k, v in batch.items() if k not in SCORES}
+        if FAILED in out:  # a row the stored classifier failed on is this classifier's to try again
+            reasons = np.array(out[FAILED], dtype=object)
+            theirs = np.array([str(r).startswith("classifier:") for r in reasons], bool)
+            reasons[theirs] = ""
+            out[FAILED] = reasons
+            out["valid"] = np.asarray(out["valid"], bool) | theirs
+            out["filter_reason"] = np.where(theirs, "", np.asarray(out["filter_reason"], dtype=object))
+        out["image"] = np.stack([np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in batch["image_png"]])
+        out = _in_chunks(self.classify, out, self.batch_size)
+        out.pop("image")
+        return out
+
+
 class ScoreStage:
     """Embed + filter, then classify, in one actor: one actor to start and one hand-over between
     processes less, when the embedder and the classifier share a device (``scoring_fused``)."""
@@ -308,13 +338,13 @@ class _Execution:
     of an interrupted attempt removed), the shard writer's arguments, a folder counting model
     loads (removed when the execution ends, however it ends) and which shards were reported."""
 
-    def __init__(self, spec: AuditSpec, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]],
+    def __init__(self, spec: AuditSpec, first_row_id: int, store: RunStore, shards: list[tuple[int, int, int]],
                  published: Published, rows_written: RowsWritten | None = None):
         self.store, self.published, self.rows_written = store, published, rows_written
         self.sizes = {index: stop - start for index, start, stop in shards}
         for index in self.sizes:
             store.begin_shard(index)
-        self.writer = {"root": str(store.root.resolve()), "first_row_id": int(rows.column("row_id")[0].as_py()),
+        self.writer = {"root": str(store.root.resolve()), "first_row_id": first_row_id,
                        "shard_rows": spec.run.shard_rows, "sizes": self.sizes}
         self.load_log = store.root.resolve() / ".loads" / uuid.uuid4().hex
         self.load_log.mkdir(parents=True)
@@ -364,6 +394,21 @@ class _Execution:
         return counts
 
 
+def _first_id(rows: pa.Table) -> int:
+    return int(rows.column("row_id")[0].as_py())
+
+
+def _stored_batch(table: pa.Table) -> dict[str, np.ndarray]:
+    """Stored rows as a stage batch: numpy columns, the embedding as (rows, dim); the old
+    classifier's columns left out."""
+    table = table.drop_columns([c for c in SCORES if c in table.column_names])
+    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names
+             if name != "embedding"}
+    emb = table.column("embedding").combine_chunks()
+    batch["embedding"] = emb.flatten().to_numpy().reshape(len(emb), emb.type.list_size)
+    return batch
+
+
 def write_rows(batch: dict[str, np.ndarray], writer: dict) -> dict[str, np.ndarray]:
     """The last step of an execution: the batch as run-store rows, into their shards; with each
     shard it touched, the rows written, whether it was published, and (on the first) the rows
@@ -389,7 +434,7 @@ class LocalExecutor:
     def run(self, rows: pa.Table, store: RunStore, shards: list[tuple[int, int, int]],
             published: Published = lambda *_: None, rows_written: RowsWritten | None = None) -> dict[str, int]:
         """Write the pending ``shards`` of ``rows``; returns the model loads per role."""
-        with _Execution(self.spec, rows, store, shards, published, rows_written) as execution:
+        with _Execution(self.spec, _first_id(rows), store, shards, published, rows_written) as execution:
             if self.stages is None:
                 self.stages = [(getattr(self.spec, role).batch_size, cls(self.spec, str(execution.load_log)))
                                for role, cls in STAGES]
@@ -401,6 +446,21 @@ class LocalExecutor:
                 # written as the Ray executor writes: a file per classifier batch
                 for chunk in _chunks(batch, self.spec.classifier.batch_size):
                     execution.report(write_rows(chunk, execution.writer))
+            return execution.finish()
+
+    def rescore(self, sources: dict[int, list[str]], store: RunStore, shards: list[tuple[int, int, int]],
+                published: Published = lambda *_: None, rows_written: RowsWritten | None = None) -> dict[str, int]:
+        """Score the stored rows of ``sources`` (shard -> its part files in another run) with this
+        spec's classifier into ``store``'s pending ``shards`` (a sweep)."""
+        import pyarrow.parquet as pq
+
+        first = min(start for _, start, _ in shards) if shards else 0
+        with _Execution(self.spec, first, store, shards, published, rows_written) as execution:
+            stage = RescoreStage(self.spec, str(execution.load_log))
+            for index, _, _ in shards:
+                batch = _stored_batch(pq.read_table(sources[index]))
+                for chunk in _chunks(batch, self.spec.classifier.batch_size):
+                    execution.report(write_rows(stage(chunk), execution.writer))
             return execution.finish()
 
     def close(self) -> None:
@@ -437,7 +497,7 @@ class RayExecutor:
 
         spec = self.spec
         shipped = pack(self.shipped)  # once per execution, however many actors and nodes
-        with _Execution(spec, rows, store, shards, published, rows_written) as execution:
+        with _Execution(spec, _first_id(rows), store, shards, published, rows_written) as execution:
             pending = pa.concat_tables([rows.slice(start, stop - start) for _, start, stop in shards])
             first = spec.generator.batch_size
             ds = ray.data.from_arrow([pending.slice(i, first) for i in range(0, pending.num_rows, first)])
@@ -455,6 +515,33 @@ class RayExecutor:
                 )
             ds = ds.map_batches(write_rows, fn_kwargs={"writer": execution.writer}, batch_format="numpy",
                                 batch_size=spec.classifier.batch_size, num_cpus=0.25)
+            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                execution.report(out)
+            return execution.finish()
+
+    def rescore(self, sources: dict[int, list[str]], store: RunStore, shards: list[tuple[int, int, int]],
+                published: Published = lambda *_: None, rows_written: RowsWritten | None = None) -> dict[str, int]:
+        """Score the stored rows of ``sources`` (shard -> its part files in another run) with this
+        spec's classifier into ``store``'s pending ``shards`` (a sweep): read, classify and write,
+        streaming, the classifier an actor pool placed as the spec says."""
+        import ray
+
+        spec, cls = self.spec, self.spec.classifier
+        shipped = pack(self.shipped)
+        first = min(start for _, start, _ in shards) if shards else 0
+        with _Execution(spec, first, store, shards, published, rows_written) as execution:
+            files = [path for index, _, _ in shards for path in sources[index]]
+            plan = _plan(RescoreStage, cls)
+            ds = ray.data.read_parquet(files).map_batches(
+                _stored_batch, batch_format="pyarrow", batch_size=cls.batch_size, num_cpus=0.25)
+            ds = ds.map_batches(
+                RescoreStage,
+                fn_constructor_kwargs={"spec": spec, "load_log": str(execution.load_log), "backends": registry.added(),
+                                       "shipped": shipped},
+                batch_size=cls.batch_size, batch_format="numpy", compute=plan.pool(), num_cpus=plan.num_cpus,
+                num_gpus=plan.num_gpus or None, **plan.remote_args())
+            ds = ds.map_batches(write_rows, fn_kwargs={"writer": execution.writer}, batch_format="numpy",
+                                batch_size=cls.batch_size, num_cpus=0.25)
             for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 execution.report(out)
             return execution.finish()

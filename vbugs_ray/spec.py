@@ -361,6 +361,12 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
 
 def load_spec(path: str | Path) -> AuditSpec:
     """Read and validate a YAML spec file (its structure; backends: roles.registry)."""
+    return parse_spec(load_spec_data(path), source=str(path))
+
+
+def load_spec_data(path: str | Path) -> Any:
+    """A YAML file's data, read with the checks every spec file gets (encoding, duplicate keys,
+    unsafe tags, depth), or one SpecError line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("<file>", f"no spec file at {path}")
@@ -373,7 +379,7 @@ def load_spec(path: str | Path) -> AuditSpec:
         raise SpecError("<file>", f"{path} nests lists or mappings too deeply to read") from None
     if data is None:
         raise SpecError("<file>", f"the spec is empty: {path} holds no YAML, only blank lines or comments")
-    return parse_spec(data, source=str(path))
+    return data
 
 
 def _spec_text(path: Path) -> str:

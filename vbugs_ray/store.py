@@ -374,13 +374,18 @@ def rows_table(batch: dict[str, Any]) -> pa.Table:
     (tab-joined between stages) as a list of names, the embedding as a fixed-size list."""
     cols: dict[str, Any] = {}
     for name, values in batch.items():
-        if name in ("image", "top5", "embedding"):
+        if name in ("image", "top5", "embedding", "image_png"):
             continue
         cols[name] = pa.array(list(values) if np.asarray(values).dtype == object else values)
     cols["top5"] = pa.array([str(v).split("\t") if v else [] for v in batch["top5"]], pa.list_(pa.string()))
-    emb = np.ascontiguousarray(batch["embedding"], dtype=np.float32)
+    emb = batch["embedding"]
+    emb = np.stack(list(emb)) if np.asarray(emb).dtype == object else emb  # rows read back from Parquet
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
     cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
-    cols["image_png"] = pa.array([encode_png(im) for im in batch["image"]], pa.binary())
+    if "image_png" in batch:  # stored rows scored again (a sweep): the image is already encoded
+        cols["image_png"] = pa.array(list(batch["image_png"]), pa.binary())
+    else:
+        cols["image_png"] = pa.array([encode_png(im) for im in batch["image"]], pa.binary())
     return pa.table(cols)
 
 
