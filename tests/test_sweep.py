@@ -122,3 +122,28 @@ def test_the_sweep_command_refuses_a_bad_file_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "vbugs_ray.cli", "sweep", str(tmp_path / "sweep.yaml")],
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no spec file" in done.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.trains
+def test_a_sweep_on_ray_scores_the_stored_images_in_actor_pools(default_spec_dict, ray_session, tmp_path):
+    """The Ray path of rescoring: Parquet read, the classifier's actor pool, the writer; the same
+    rows as the first run, scored by each model."""
+    sweep = yaml.safe_load((JOBS / "sweep_toyworld.yaml").read_text())
+    audit = copy.deepcopy(default_spec_dict)
+    audit.update(budget=720, verify=False, captioner=None)
+    audit["run"] = {"executor": "ray", "shard_rows": 360}
+    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(audit))
+    sweep.update(audit="audit.yaml", output_dir=str(tmp_path / "sweep"))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    result = run_sweep(parse_sweep(tmp_path / "sweep.yaml"), progress=lambda _: None)
+    root = tmp_path / "sweep"
+    first = pads.dataset(str(root / "star_at_night" / "rows"), format="parquet").to_table(
+        columns=["row_id", "seed", "embedding", "valid"]).sort_by("row_id")
+    for name in ("square_on_grass", "triangle_on_snow"):
+        rows = pads.dataset(str(root / name / "rows"), format="parquet").to_table(
+            columns=["row_id", "seed", "embedding", "valid", "pred", "top5"]).sort_by("row_id")
+        assert rows.select(["row_id", "seed", "embedding", "valid"]).equals(first)
+        assert rows.num_rows == 720 and all(rows.column("top5").to_pylist())
+        assert json.loads((root / name / "loads.json").read_text())["generator"] == 0
+    assert result["classifiers"] == list(PLANTED) and result["slices"]
