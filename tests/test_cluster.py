@@ -129,32 +129,31 @@ def test_actors_spread_over_the_nodes_and_weights_travel_by_object_store(cluster
         assert any(n.startswith("toy-classifier-") for n in names) and any(n.startswith("toy-clip-") for n in names)
 
 
-@pytest.mark.cli
-@pytest.mark.ray
-@pytest.mark.trains
-def test_a_killed_actor_is_restarted_without_losing_or_duplicating_rows(cluster, undisturbed, tmp_path):
-    head, nodes, _ = cluster
-    spec, clean = undisturbed
-    process = _audit(spec, tmp_path / "run", head.address)
-    before = _wait_for(process, "shard 1/6 written")
+def _kill_a_scoring_actor(head, nodes) -> None:
     victims = _actor_processes(nodes, "ScoreStage")
     assert victims, "no scoring actor found under the worker nodes' raylets"
     victims[0].send_signal(signal.SIGKILL)
-    _finish(process, before)
-    _same_run(tmp_path / "run", clean)
+
+
+def _remove_a_busy_node(head, nodes) -> None:
+    busy = [n for n in nodes if _actor_processes([n], "ScoreStage")]
+    assert busy, "no scoring actor found under the worker nodes' raylets"
+    head.remove_node(busy[0], allow_graceful=False)
 
 
 @pytest.mark.cli
 @pytest.mark.ray
 @pytest.mark.trains
-def test_a_worker_node_removed_mid_run_is_survived(cluster, undisturbed, tmp_path):
+@pytest.mark.parametrize("disturb", [_kill_a_scoring_actor, _remove_a_busy_node],  # in this order: a node goes
+                         ids=["actor-killed", "node-removed"])
+def test_a_run_disturbed_mid_run_ends_complete_and_the_same(cluster, undisturbed, tmp_path, disturb):
+    """Ray restarts a killed actor (on another node when its node is gone) and retries its work;
+    the run store ends with every row once and the undisturbed run's findings."""
     head, nodes, _ = cluster
     spec, clean = undisturbed
     process = _audit(spec, tmp_path / "run", head.address)
     before = _wait_for(process, "shard 1/6 written")
-    busy = [n for n in nodes if _actor_processes([n], "ScoreStage")]
-    assert busy, "no scoring actor found under the worker nodes' raylets"
-    head.remove_node(busy[0], allow_graceful=False)
+    disturb(head, nodes)
     _finish(process, before)
     _same_run(tmp_path / "run", clean)
 

@@ -93,7 +93,7 @@ def test_the_driver_publishes_a_whole_shard_no_writer_published(spec_dict, tmp_p
     store = RunStore(tmp_path, planned=plan_ranges(100, 30, 10))
     monkeypatch.setattr(ShardWriter, "publish_if_whole", lambda self, shard: False)
     reported = []
-    execution = _Execution(spec, rows, store, [(0, 0, 10), (1, 10, 20), (2, 20, 30)],
+    execution = _Execution(spec, 100, store, [(0, 0, 10), (1, 10, 20), (2, 20, 30)],
                            lambda shard, n: reported.append((shard, n)))
     writer = ShardWriter(**execution.writer)
     writer.write(rows.slice(0, 25))  # shards 0 and 1 whole, shard 2 half
