@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from vbugs_ray.pipeline import actor_needs
 from vbugs_ray.raycluster import check_resources
 from vbugs_ray.cli import user_error
 from vbugs_ray.roles.device import resolve_device, resolve_dtype
@@ -62,7 +63,7 @@ def test_spec_checks_device_dtype_and_gpu_reservations(tiny_spec_dict):
 def test_gpu_reservations_on_a_cluster_without_gpus(tiny_spec_dict):
     tiny_spec_dict["generator"]["num_gpus"] = 1
     spec = parse_spec(tiny_spec_dict)
-    actors = {"generator": (spec.generator.num_cpus, spec.generator.num_gpus)}
+    actors = actor_needs(spec)  # what each actor needs of a node, as the audit asks
     cluster = {"CPU": 8.0, "GPU": 0.0}
     with pytest.raises(SpecError) as err:  # a local Ray we started: it would wait forever
         check_resources(actors, autoscaling=False, progress=lambda _: None, largest=cluster)
