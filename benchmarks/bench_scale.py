@@ -6,11 +6,10 @@ result is JSON with wall time, images/s of the generation step (RUN_DIR/timing.j
 ratios to one node. On one machine the nodes share its cores, so this measures the overhead of
 spreading (scheduling, object transfer between nodes), not a speed-up; see SCALING.md.
 
-    python benchmarks/bench_scale.py [--images 7200] [--nodes 1,2,3] [--cpus-per-node 2] [--sd-turbo-flops]
+    python benchmarks/bench_scale.py [--images 7200] [--nodes 1,2,3] [--cpus-per-node 2] [--stage-costs]
 
-``--sd-turbo-flops`` also counts the FLOPs of one SD-Turbo image (512 px, one step: the text
-encoder, the UNet, the VAE decoder at their released sizes, random weights: the same compute),
-with ``torch.utils.flop_counter`` on the CPU: the figure SCALING.md's generation cost starts from.
+``--stage-costs`` also records what one 512-px image costs each stage (``stage_costs``): the
+figures SCALING.md's cost model starts from. ``--nodes none`` skips the cluster runs.
 """
 
 from __future__ import annotations
@@ -69,23 +68,54 @@ def run_size(nodes: int, images: int, cpus_per_node: float, shard_rows: int, fol
         head.shutdown()
 
 
-def sd_turbo_flops() -> dict:
-    """FLOPs of one SD-Turbo image, counted per module kind while the full-size pipeline runs once."""
+def _flops(fn) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def stage_costs() -> dict:
+    """What one 512-px image costs each stage, counted or timed here: SD-Turbo's FLOPs (the text
+    encoder, one UNet step, the VAE decoder at their released sizes, random weights), the scoring
+    models' FLOPs at 224 px (timm ViT-B/16, open_clip ViT-B-32's image tower, random weights),
+    and the run store's PNG encoding of one 512-px image on one CPU thread."""
+    import numpy as np
+    import open_clip
+    import timm
+    import torch
+
+    from vbugs_ray.store import encode_png
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_generate import full_size_pipeline
 
+    torch.set_num_threads(1)
     pipe = full_size_pipeline("sd-turbo")
-    t0 = time.perf_counter()
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        pipe("a photo of a red fox in the snow", num_inference_steps=1, guidance_scale=0.0, height=512, width=512,
-             generator=torch.Generator().manual_seed(0), output_type="np")
-    by_module = {name: flops for name, flops in ((m, sum(v.values())) for m, v in counter.get_flop_counts().items())
-                 if name in ("UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel")}
-    return {"flops_per_image": counter.get_total_flops(), "by_module": by_module,
-            "cpu_seconds_one_image": round(time.perf_counter() - t0, 1)}
+    ids = pipe.tokenizer(["a photo of a red fox in the snow"], padding="max_length", max_length=77,
+                         return_tensors="pt").input_ids
+    text = _flops(lambda: pipe.text_encoder(ids))
+    cond = pipe.text_encoder(ids)[0]
+    latents = torch.randn(1, 4, 64, 64)
+    unet = _flops(lambda: pipe.unet(latents, torch.tensor([999]), encoder_hidden_states=cond))
+    vae = _flops(lambda: pipe.vae.decode(latents))
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+    classifier = _flops(lambda: vit(torch.randn(1, 3, 224, 224)))
+    clip, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    embedder = _flops(lambda: clip.encode_image(torch.randn(1, 3, 224, 224)))
+    rng = np.random.default_rng(0)  # a smooth picture with some texture, as generated images are
+    ramp = np.linspace(0, 255, 512)
+    image = np.clip(np.stack([np.add.outer(ramp, ramp) / 2] * 3, -1) + rng.normal(0, 8, (512, 512, 3)), 0, 255)
+    image = image.astype(np.uint8)
+    t0, n = time.perf_counter(), 20
+    sizes = [len(encode_png(image)) for _ in range(n)]
+    png_s = (time.perf_counter() - t0) / n
+    return {"sd_turbo_flops_per_image": {"text_encoder": text, "unet_one_step": unet, "vae_decode": vae,
+                                         "total": text + unet + vae},
+            "scoring_flops_per_image": {"timm_vit_base_patch16_224": classifier, "open_clip_vit_b_32_image": embedder},
+            "png_512px": {"seconds_one_thread": round(png_s, 4), "bytes": sizes[0]}}
 
 
 def main() -> None:
@@ -94,20 +124,20 @@ def main() -> None:
     parser.add_argument("--nodes", default="1,2,3")
     parser.add_argument("--cpus-per-node", type=float, default=2.0)
     parser.add_argument("--shard-rows", type=int, default=1200)
-    parser.add_argument("--sd-turbo-flops", action="store_true", help="also count one SD-Turbo image's FLOPs")
+    parser.add_argument("--stage-costs", action="store_true", help="also count FLOPs and time PNG encoding per image")
     args = parser.parse_args()
-    sizes = [int(n) for n in args.nodes.split(",")]
+    sizes = [] if args.nodes == "none" else [int(n) for n in args.nodes.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
         results = [run_size(n, args.images, args.cpus_per_node, args.shard_rows, Path(folder)) for n in sizes]
-    base = results[0]
+    base = results[0] if results else {}
     for r in results:
         r["speedup_vs_first"] = round(r["images_per_s"] / base["images_per_s"], 3)
         r["efficiency"] = round(r["speedup_vs_first"] * base["worker_nodes"] / r["worker_nodes"], 3)
         r["wall_ratio_vs_first"] = round(r["wall_s"] / base["wall_s"], 3)
     out = {"benchmark": "bench_scale", "cpu_cores": os.cpu_count(), "cpus_per_node": args.cpus_per_node,
            "results": results}
-    if args.sd_turbo_flops:
-        out["sd_turbo"] = sd_turbo_flops()
+    if args.stage_costs:
+        out["stage_costs"] = stage_costs()
     print(json.dumps(out, indent=2))
 
 
