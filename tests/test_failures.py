@@ -12,7 +12,7 @@ import pyarrow.dataset as pads
 import pytest
 
 import vbugs_ray
-from vbugs_ray.errors import RunStoreError
+from vbugs_ray.errors import RunStoreError, SpecError
 from vbugs_ray.failures import FailureBudget, guarded
 from vbugs_ray.flow import audit
 from vbugs_ray.roles import registry
@@ -38,6 +38,28 @@ def test_guarded_isolates_the_rows_that_fail_alone():
     assert out is None and len(failed) == 4 and failed[0].startswith("embedder: ZeroDivisionError")
     out, failed = guarded(lambda rows: np.zeros(len(rows) + 1), 3, "classifier")  # a wrong number of outputs
     assert out is None and failed[0] == "classifier: ValueError: returned 2 outputs for 1 inputs"
+
+
+def test_a_batch_where_every_row_fails_stops_splitting_early():
+    """A broken setup (every call raises) costs a few calls, not one per row."""
+    calls = []
+
+    def broken(rows):
+        calls.append(len(rows))
+        raise RuntimeError("CUDA error: no kernel image")
+
+    out, failed = guarded(broken, 4096, "classifier")
+    assert out is None and sorted(failed) == list(range(4096))
+    assert len(calls) < 40, len(calls)
+    assert failed[4095].startswith("classifier: RuntimeError: CUDA error") and "not tried alone" in failed[4095]
+
+
+def test_an_axis_may_not_be_named_after_a_stored_column(default_spec_dict):
+    spec = copy.deepcopy(default_spec_dict)
+    spec["axes"]["failed"] = ["yes", "no"]
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec)
+    assert err.value.field == "axes.failed" and "reserved" in str(err.value)
 
 
 def test_the_failure_budget_stops_past_its_share():

@@ -117,6 +117,8 @@ def test_strings_from_specs_models_and_captions_render_as_text(small_run, tmp_pa
     bug["top_wrong_predictions"] = [[HOSTILE_CLASS, 3]]
     bug["by_open_axis"] = {"background": {HOSTILE_VALUE: [3, 10]}}
     report["flagged_slices"][0]["caption"] = [HOSTILE_CAPTION]
+    report["flagged_slices"][1]["effect"] = None  # infinite (a slice that always fails), as report.json holds it
+    report["discovery"]["diagnosis"]["r2"] = None
     report["flagged_slices"][0]["predicates"] = {"class": HOSTILE_CLASS, "background": HOSTILE_VALUE}
     hypothesis = next(h for h in report["hypotheses"] if h["key"] == bug["hypothesis"])
     hypothesis["sources"].append({"kind": "cluster", "caption": [HOSTILE_CAPTION]})
@@ -135,6 +137,7 @@ def test_strings_from_specs_models_and_captions_render_as_text(small_run, tmp_pa
     assert len(page.find("script")) == 1 and not page.find("b") and not page.find("i")
     assert not [a for t, a in page.tags if t == "img" and not a.get("src", "").startswith("data:image/")]
     assert HOSTILE_CLASS in page.text_by_id["bug-table"]  # as text, in the table
+    assert "∞" in page.text_by_id["slice-table"] and page.find("img", **{"class": "diagnosis"})
 
 
 @pytest.mark.cli

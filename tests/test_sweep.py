@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,14 @@ def test_a_sweep_generates_once_and_finds_each_models_own_bug(counting, default_
         assert rows.equals(reference)
 
     assert json.loads((root / "comparison.json").read_text()) == result
+
+    # an interrupted sweep resumes: shard 0 of a rescored run whole, the others gone
+    for shard in ("shard-00001", "shard-00002"):
+        shutil.rmtree(root / "square_on_grass" / "rows" / shard)
+    assert run_sweep(sweep, progress=lambda _: None) == result
+    assert sum(CountingGenerator.drawn) == 2160  # nothing drawn again
+    rows = pads.dataset(str(root / "square_on_grass" / "rows"), format="parquet").to_table(columns=columns)
+    assert rows.sort_by("row_id").equals(reference)
     verdicts = {row["slice"]: row for row in result["slices"]}
     for model, predicates in PLANTED.items():
         name = ", ".join(f"{k}={v}" for k, v in predicates.items())

@@ -141,11 +141,11 @@ def _probe_where(role: str, spec: AuditSpec, shipped: list[Path] = ()) -> dict:
 
 
 def resolve(spec: AuditSpec, run_dir: str | Path, progress: Progress = lambda _: None, shipped: list[Path] = (),
-            probe: Callable[[str, AuditSpec], dict] | None = None) -> AuditSpec:
+            probe: Callable[[str, AuditSpec], dict] | None = None, roles=PIPELINE_ROLES) -> AuditSpec:
     """``spec`` with every ``batch_size: auto`` replaced by a measured one (kept in
     ``RUN_DIR/batch_sizes.json``, measured only when missing there). ``shipped``: the cache files
     a probe on another node needs (roles' ``prepare``)."""
-    auto = [role for role in PIPELINE_ROLES if getattr(spec, role).batch_size == AUTO]
+    auto = [role for role in roles if getattr(spec, role).batch_size == AUTO]
     if not auto:
         return spec
     probe = probe or (lambda role, spec: _probe_where(role, spec, shipped))

@@ -16,6 +16,7 @@ from vbugs_ray.errors import RunStoreError, cut, one_line
 
 FAILED = "failed"  # the column: why a row failed ("" when it did not)
 FAILED_REASON = "failed"  # its filter_reason, beside the filter's own reasons
+GIVE_UP_AFTER = 8  # rows that failed alone, with none succeeding, before the rest of a batch is not split further
 
 
 def reason_of(role: str, exc: BaseException) -> str:
@@ -26,11 +27,16 @@ def guarded(fn: Callable[[np.ndarray], np.ndarray], n: int, role: str) -> tuple[
     """``fn(rows)`` (an array with one entry per row index given) over rows 0..n-1; where it
     raises, the batch is split in halves until the failing rows stand alone. Returns the outputs
     (zeros for failed rows; None if no row succeeded) and {row: reason}. A batch with one bad
-    row costs about 2 log2(n) extra calls."""
+    row costs about 2 log2(n) extra calls; one where every row fails stops splitting once
+    GIVE_UP_AFTER rows failed alone (a broken setup costs a few calls, not one per row)."""
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     failed: dict[int, str] = {}
 
     def attempt(rows: np.ndarray) -> None:
+        if not parts and len(failed) >= GIVE_UP_AFTER:  # every row tried alone failed: the setup, not the inputs
+            last = failed[max(failed)]
+            failed.update({int(r): f"{last} (not tried alone: every row before it failed)" for r in rows})
+            return
         try:
             values = np.asarray(fn(rows))
             if len(values) != len(rows):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from vbugs_ray import batchprobe, timing
-from vbugs_ray.terminal import open_bar, stderr
+from vbugs_ray.terminal import NullBar, open_bar, stderr
 from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.errors import RunStoreError, SpecError
@@ -72,7 +72,7 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
     n_done = images_done = 0
     images_pending = sum(stop - start for _, start, stop in pending)
 
-    bar = open_bar(progress, "images", images_pending, unit="img")
+    bar = NullBar()  # the live bar once the execution starts (below)
 
     def published(index: int, rows: int) -> None:
         """Off a terminal, one line per shard: where the run is, how fast it goes and when it
@@ -90,7 +90,7 @@ def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:
     with ray_session(spec.run, progress, actor_needs(spec)) if spec.run.executor == "ray" else contextlib.nullcontext():
         executor = make_executor(batchprobe.resolve(spec, store.root, progress, shipped), shipped)
         try:
-            with bar:
+            with open_bar(progress, "images", images_pending, unit="img") as bar:
                 loads = executor.run(grid, store, pending, published, bar.update)
         finally:
             executor.close()
@@ -136,9 +136,11 @@ def _rescore(source: RunStore, spec: AuditSpec, n_rows: int, store: RunStore, pr
     cls = spec.classifier
     needs = {"classifier": node_needs(cls.num_cpus, cls.num_gpus, cls.accelerator_type, cls.resources)}
     with ray_session(spec.run, progress, needs) if spec.run.executor == "ray" else contextlib.nullcontext():
-        executor = make_executor(batchprobe.resolve(spec, store.root, progress, shipped), shipped)
+        # only the classifier runs here: the other roles' auto batch sizes are not measured
+        executor = make_executor(batchprobe.resolve(spec, store.root, progress, shipped, roles=("classifier",)),
+                                 shipped)
         try:
-            with open_bar(progress, f"{store.root.name}: images", n_rows, unit="img") as bar:
+            with open_bar(progress, f"{store.root.name}: images", sum(b - a for _, a, b in pending), unit="img") as bar:
                 loads = executor.rescore(sources, store, pending, lambda *_: None, bar.update)
         finally:
             executor.close()

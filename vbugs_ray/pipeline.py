@@ -69,6 +69,8 @@ class GenerateStage:
         record_load(load_log, "generator")
         with unpacked(shipped):  # the driver's trained weights, on this node (vbugs_ray.shipping)
             self.backend: Generator = registry.create("generator", spec.generator, spec)
+        # a failed batch's placeholder images: the shape of the last real ones (one shape per run)
+        self._shape: tuple = (PLACEHOLDER_SIDE, PLACEHOLDER_SIDE, 3)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(batch)
@@ -76,7 +78,9 @@ class GenerateStage:
         n = len(prompts)
         images, failed = guarded(lambda rows: self.backend.generate([prompts[i] for i in rows], seeds[rows]), n,
                                  "generator")
-        out["image"] = images if images is not None else np.zeros((n, PLACEHOLDER_SIDE, PLACEHOLDER_SIDE, 3), np.uint8)
+        if images is not None:
+            self._shape = images.shape[1:]
+        out["image"] = images if images is not None else np.zeros((n, *self._shape), np.uint8)
         out[FAILED] = reasons_column(batch, n)
         for row, reason in failed.items():
             out[FAILED][row] = reason
@@ -243,7 +247,9 @@ class RescoreStage:
             out[FAILED] = reasons
             out["valid"] = np.asarray(out["valid"], bool) | theirs
             out["filter_reason"] = np.where(theirs, "", np.asarray(out["filter_reason"], dtype=object))
-        out["image"] = np.stack([np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in batch["image_png"]])
+        images = [Image.open(io.BytesIO(png)).convert("RGB") for png in batch["image_png"]]
+        size = max((im.size for im in images), key=lambda s: s[0] * s[1])  # a failed row's placeholder may differ
+        out["image"] = np.stack([np.asarray(im if im.size == size else im.resize(size)) for im in images])
         out = _in_chunks(self.classify, out, self.batch_size)
         out.pop("image")
         return out
@@ -454,7 +460,7 @@ class LocalExecutor:
         spec's classifier into ``store``'s pending ``shards`` (a sweep)."""
         import pyarrow.parquet as pq
 
-        first = min(start for _, start, _ in shards) if shards else 0
+        first = min(r.start for r in store.planned().values())  # the grid's first row id, resumed or not
         with _Execution(self.spec, first, store, shards, published, rows_written) as execution:
             stage = RescoreStage(self.spec, str(execution.load_log))
             for index, _, _ in shards:
@@ -528,7 +534,7 @@ class RayExecutor:
 
         spec, cls = self.spec, self.spec.classifier
         shipped = pack(self.shipped)
-        first = min(start for _, start, _ in shards) if shards else 0
+        first = min(r.start for r in store.planned().values())  # the grid's first row id, resumed or not
         with _Execution(spec, first, store, shards, published, rows_written) as execution:
             files = [path for index, _, _ in shards for path in sources[index]]
             plan = _plan(RescoreStage, cls)

@@ -102,6 +102,12 @@ class RoleSpec:
     dtype: str = option("float32", parse=_dtype)
 
 
+# run-store columns an axis may not be named after (its values would be read as theirs)
+RESERVED_COLUMNS = ("class", "seed", "prompt", "row_id", "cell", "replicate", "label", "hypothesis", "arm", "image",
+                    "image_png", "embedding", "valid", "filter_reason", "failed", "pred_index", "pred_name",
+                    "pred_label", "pred", "p_true", "loss", "error", "top5", "class_similarity", "shift_similarity")
+
+
 def pinning(accelerator_type: str | None, resources: Mapping[str, float]) -> dict:
     """Ray remote arguments that pin actors to a node type (only those set)."""
     return {**({"accelerator_type": accelerator_type} if accelerator_type else {}),
@@ -201,7 +207,7 @@ def _parse_axes(data: Any) -> tuple[Axis, ...]:
         where = f"axes.{name}"
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise SpecError(where, "axis names must be identifiers (letters, digits, _)")
-        if name in ("class", "seed", "prompt", "row_id", "cell"):
+        if name in RESERVED_COLUMNS:
             raise SpecError(where, f"'{name}' is reserved; rename the axis")
         if isinstance(values, Mapping):
             if not values:

@@ -99,6 +99,10 @@ def submit(spec_path: str, address: str | None, out: str | None, runtime_env: st
     jobs = client(address)
     with tempfile.TemporaryDirectory(prefix="vbugs-submit-") as folder:
         if "working_dir" in env:  # the user's own project goes up; the spec must be inside it
+            if "://" in str(env["working_dir"]):
+                raise UsageError(f"--runtime-env working_dir {env['working_dir']}: vbugs submit uploads the spec "
+                                 "with a local working_dir; for a remote one, use `ray job submit` with a spec "
+                                 "inside it")
             name = os.path.relpath(spec_path, env["working_dir"])
             if name.startswith(".."):
                 raise UsageError(f"--runtime-env working_dir {env['working_dir']}: the spec {spec_path} must be "
@@ -136,7 +140,7 @@ def status(submission_id: str, address: str | None) -> dict:
     info = _job(client(address), submission_id)
     return {"submission_id": submission_id, "status": str(info.status), "message": info.message,
             "entrypoint": info.entrypoint, "metadata": info.metadata,
-            "env_vars": (info.runtime_env or {}).get("env_vars", {})}
+            "env_vars": sorted((info.runtime_env or {}).get("env_vars", {}))}  # names only: values may be secrets
 
 
 def stop(submission_id: str, address: str | None) -> bool:

@@ -89,12 +89,15 @@ def _heatmaps(rows: Rows, spec: dict) -> list[dict]:
 
 def _plots(report: dict, rows: Rows, spec: dict) -> dict:
     flagged = report["flagged_slices"]
-    scatter = plots.effect_vs_support([s["n"] for s in flagged], [s["effect"] for s in flagged],
-                                      [f"#{i}" for i in range(1, min(len(flagged), 10) + 1)]) if flagged else None
+    finite = [(i, s) for i, s in enumerate(flagged, 1) if s.get("effect") is not None]  # null: an infinite effect
+    scatter = plots.effect_vs_support([s["n"] for _, s in finite], [s["effect"] for _, s in finite],
+                                      [f"#{i}" for i, _ in finite if i <= 10]) if finite else None
     diagnosis = report.get("discovery", {}).get("diagnosis", {})
-    held = diagnosis.get("held_out")
-    ensemble = plots.predicted_vs_true(held["true_loss"], held["predicted_loss"], diagnosis["r2"],
-                                       diagnosis["spearman"]) if held and held["true_loss"] else None
+    held = diagnosis.get("held_out") or {}
+    pairs = [(t, p) for t, p in zip(held.get("true_loss", []), held.get("predicted_loss", []))
+             if t is not None and p is not None]
+    ensemble = plots.predicted_vs_true([t for t, _ in pairs], [p for _, p in pairs], diagnosis.get("r2"),
+                                       diagnosis.get("spearman")) if len(pairs) >= 3 else None
     return {"heatmaps": _heatmaps(rows, spec), "effect_vs_support": scatter, "diagnosis": ensemble}
 
 
@@ -130,9 +133,12 @@ def _bug_cards(report: dict, run_dir: Path, spec: dict) -> list[dict]:
         h = hypotheses.get(bug["hypothesis"], {})
         own = np.isin(row_ids, np.asarray(bug.get("row_ids", []), np.int64))
         complement = bool(h.get("excluded"))
-        arm = "reference" if complement else "base"
         inside = rows.matching(h.get("predicates", {}), h.get("excluded"))
-        without = rows.valid & (arms == arm) & (classes == bug["class"]) & ~inside
+        if complement:  # its own reference arm: the class with the value it spares ("square, grass")
+            without = (arms == "reference") & (classes == bug["class"]) & rows.matching(
+                {**h.get("predicates", {}), **h["excluded"]})
+        else:
+            without = rows.valid & (arms == "base") & (classes == bug["class"]) & ~inside
         ids[f"fail{index}"] = rows.pick(own & errors & rows.valid)
         ids[f"without{index}"] = rows.pick(without)
         captions, phrases = _phrases(hypotheses, [e["hypothesis"] for e in bug.get("evidence", [])] or [bug["hypothesis"]])

@@ -33,12 +33,23 @@ def csp(css: str, js: str) -> str:
             "base-uri 'none'; form-action 'none'")
 
 
+def _missing(value) -> bool:
+    """None (report.json writes a non-finite number as null) or NaN."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def pct(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+    return "–" if _missing(value) else f"{100 * value:.1f}%"
 
 
 def sci(value) -> str:
-    return "–" if value is None else f"{value:.2e}"
+    return "–" if _missing(value) else f"{value:.2e}"
+
+
+def num(value) -> str:
+    """Two decimals; an effect size of a slice that always fails against a rest that never does
+    is infinite, which report.json holds as null."""
+    return "∞" if value is None else "–" if _missing(value) else f"{value:.2f}"
 
 
 def secs(value: float) -> str:
@@ -50,7 +61,7 @@ def secs(value: float) -> str:
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("vbugs_ray.webreport", "templates"), autoescape=True,
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(pct=pct, sci=sci, secs=secs)
+    env.globals.update(pct=pct, sci=sci, num=num, secs=secs)
     return env
 
 
