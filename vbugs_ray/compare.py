@@ -9,12 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vbugs_ray.report import slice_name
 from vbugs_ray.spec import AuditSpec
 from vbugs_ray.store import RunStore
-
-
-def _slice_name(predicates: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in predicates.items())
 
 
 def _verdict(holders: list[str], names: list[str]) -> str:
@@ -46,14 +43,14 @@ def compare(run_dirs: dict[str, Path], reports: dict[str, dict], spec: AuditSpec
     flagged: dict[str, dict] = {}
     for name in names:
         for s in reports[name]["flagged_slices"]:
-            entry = flagged.setdefault(_slice_name(s["predicates"]), {"predicates": s["predicates"], "flagged_by": {}})
+            entry = flagged.setdefault(slice_name(s["predicates"]), {"predicates": s["predicates"], "flagged_by": {}})
             entry["flagged_by"][name] = {"q_value": s["q_value"], "explained_by": s.get("explained_by")}
     slices = list(flagged.values())
     by_model = {name: _rates(run_dirs[name], features, [s["predicates"] for s in slices]) for name in names}
     rows = []
     for i, entry in enumerate(slices):
         holders = [n for n in names if n in entry["flagged_by"]]
-        rows.append({"slice": _slice_name(entry["predicates"]), "predicates": entry["predicates"],
+        rows.append({"slice": slice_name(entry["predicates"]), "predicates": entry["predicates"],
                      "verdict": _verdict(holders, names), "flagged_by": holders,
                      "models": {n: {**by_model[n][i], "flagged": n in entry["flagged_by"],
                                     **({"q_value": entry["flagged_by"][n]["q_value"]} if n in entry["flagged_by"] else {})}

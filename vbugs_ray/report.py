@@ -24,6 +24,11 @@ def build_report(result: SliceResult, settings: SearchSettings, features: list[s
     }
 
 
+def slice_name(predicates: dict) -> str:
+    """'class=star, lighting=night': how a slice is written everywhere (tables, the page, sweeps)."""
+    return ", ".join(f"{k}={v}" for k, v in predicates.items())
+
+
 def format_slices(report: dict, top: int = 10) -> str:
     """A fixed-width table of the top flagged slices."""
     flagged = report["flagged_slices"]
@@ -35,7 +40,7 @@ def format_slices(report: dict, top: int = 10) -> str:
     if flagged:
         lines.append(f"{'#':>3}  {'slice':<44} {'n':>6} {'err':>6} {'rest':>6} {'effect':>7} {'q':>9}")
     for i, s in enumerate(flagged[:top], 1):
-        name = ", ".join(f"{k}={v}" for k, v in s["predicates"].items())
+        name = slice_name(s["predicates"])
         lines.append(f"{i:>3}  {name:<44} {s['n']:>6} {s['error_rate']:>6.3f} {s['complement_error_rate']:>6.3f} "
                      f"{s['effect']:>7.2f} {s['q_value']:>9.2e}")
         if s.get("explained_by"):

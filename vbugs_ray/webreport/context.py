@@ -11,6 +11,7 @@ import numpy as np
 
 from vbugs_ray import timing
 from vbugs_ray.errors import RunStoreError
+from vbugs_ray.report import slice_name
 from vbugs_ray.store import PART_NAME, RunStore
 from vbugs_ray.webreport import plots
 from vbugs_ray.webreport.galleries import Rows
@@ -25,10 +26,6 @@ def _backend(role: dict | None) -> str:
         return "none"
     named = [f"{k}: {role['options'][k]}" for k in MODEL_KEYS if k in role.get("options", {})]
     return role["backend"] + (f" ({', '.join(named)})" if named else "")
-
-
-def _slice_name(predicates: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in predicates.items())
 
 
 def _summary(report: dict, spec: dict, run_dir: Path) -> dict:
@@ -176,7 +173,7 @@ def _slice_cards(report: dict, rows: Rows) -> list[dict]:
             rest &= classes == str(predicates["class"])
         ids[f"fail{index}"] = rows.pick(inside & errors)
         ids[f"without{index}"] = rows.pick(rest)
-        cards.append({"index": index, "slice": s, "name": _slice_name(predicates), "same_class": same_class,
+        cards.append({"index": index, "slice": s, "name": slice_name(predicates), "same_class": same_class,
                       "captions": [", ".join(s["caption"])] if s.get("caption") else []})
     tiles = rows.tiles(ids)
     for card in cards:
@@ -221,7 +218,7 @@ def page_context(run_dir: str | Path) -> dict:
     store.partial = bool(report.get("partial"))
     rows = Rows(store.files(), list(spec.get("axes", {})))
     verified = "verified_bugs" in report
-    flagged = [{"index": i, "name": _slice_name(s["predicates"]), **s}
+    flagged = [{"index": i, "name": slice_name(s["predicates"]), **s}
                for i, s in enumerate(report["flagged_slices"], 1)]
     return {
         "summary": _summary(report, spec, run_dir),
