@@ -315,12 +315,12 @@ def _learn_tokens(args) -> int:
 def validate(path: str) -> dict:
     """What ``vbugs validate PATH`` checks and prints: the spec file read and checked, its
     backends and their options checked, its grid built. A mistake raises one of USER_ERRORS."""
-    from vbugs_ray.grid import build_grid, n_cells
+    from vbugs_ray.grid import audit_rows, n_cells
     from vbugs_ray.roles.registry import validate_backends
 
     spec = load_spec(path)
-    validate_backends(spec)
-    grid = build_grid(spec)
+    spec = validate_backends(spec)
+    grid = audit_rows(spec)
     return {"name": spec.name, "cells": n_cells(spec), "rows": grid.num_rows}
 
 

@@ -17,7 +17,7 @@ from vbugs_ray.terminal import NullBar, open_bar, stderr
 from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.errors import RunStoreError, SpecError
-from vbugs_ray.grid import build_grid
+from vbugs_ray.grid import audit_rows
 from vbugs_ray.pipeline import actor_needs, make_executor
 from vbugs_ray.raycluster import ray_session, shard_runner
 from vbugs_ray.report import build_report
@@ -44,11 +44,11 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
 
 
 def _generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress) -> RunStore:
-    validate_backends(spec)
-    grid = build_grid(spec)
+    spec = validate_backends(spec)
+    grid = audit_rows(spec)
     store = RunStore(run_dir, planned=plan_ranges(0, grid.num_rows, spec.run.shard_rows))
     first_start = not store.spec_path.exists()
-    store.open_for(spec)
+    store.open_for(spec, grid.num_rows)
     try:
         _fill(spec, grid, store, progress)
     except BaseException:
@@ -107,11 +107,11 @@ def rescore_rows(source: RunStore, spec: AuditSpec, run_dir: str | Path, progres
     the sweep's first classifier) scored by ``spec``'s classifier into ``run_dir``; resumable and
     checked like ``generate_rows``."""
     with run_lock(run_dir, "vbugs sweep", create=True):
-        validate_backends(spec)
-        n_rows = build_grid(spec).num_rows
+        spec = validate_backends(spec)
+        n_rows = audit_rows(spec).num_rows
         store = RunStore(run_dir, planned=plan_ranges(0, n_rows, spec.run.shard_rows))
         first_start = not store.spec_path.exists()
-        store.open_for(spec)
+        store.open_for(spec, n_rows)
         try:
             _rescore(source, spec, n_rows, store, progress)
         except BaseException:
@@ -293,7 +293,7 @@ def audit(spec: AuditSpec, run_dir: str | Path | None = None, progress: Progress
     slice search, then (unless ``verify: false``) discovery and verification."""
     run_dir = check_output(run_dir or spec.output_dir, "run directory", folder=True)  # before hours of work
     with run_lock(run_dir, "vbugs audit", create=True):  # one writer per run dir
-        validate_backends(spec)  # a mistake in the spec is reported before Ray starts
+        spec = validate_backends(spec)  # a mistake in the spec is reported before Ray starts
         return _audit(spec, run_dir, progress)
 
 

@@ -86,3 +86,14 @@ def build_grid(spec: AuditSpec) -> pa.Table:
     columns["prompt"] = [cell_prompts[int(c)] for c in cells]
     columns["seed"] = row_seeds(spec.seed, cells, replicates)
     return pa.table({k: pa.array(v) for k, v in columns.items()})
+
+
+def audit_rows(spec: AuditSpec) -> pa.Table:
+    """The audit's rows: the prompt grid, or the rows a generator that reads a dataset plans
+    from it (its ``grid`` classmethod: one row per image it will read)."""
+    from vbugs_ray.roles import registry
+
+    cls = registry.backend_class("generator", spec.generator.backend)
+    if hasattr(cls, "grid"):
+        return cls.grid(registry.options_of("generator", spec.generator), spec)
+    return build_grid(spec)

@@ -27,6 +27,7 @@ from vbugs_ray.errors import RunStoreError
 from vbugs_ray.failures import FAILED, FAILED_REASON, FailureBudget, guarded, reasons_column
 from vbugs_ray.filter import ClipFilter
 from vbugs_ray.roles import registry
+from vbugs_ray.datasets.rows import DATA_ERROR, reason_code
 from vbugs_ray.roles.protocols import Classifier, Embedder, Generator
 from vbugs_ray.shipping import pack, unpacked
 from vbugs_ray.spec import AuditSpec, RoleSpec, node_needs, pinning
@@ -76,8 +77,11 @@ class GenerateStage:
         out = dict(batch)
         prompts, seeds = list(batch["prompt"]), np.asarray(batch["seed"])
         n = len(prompts)
-        images, failed = guarded(lambda rows: self.backend.generate([prompts[i] for i in rows], seeds[rows]), n,
-                                 "generator")
+        if getattr(self.backend, "reads_dataset", False):
+            images, failed = self._read(batch, out, n)
+        else:
+            images, failed = guarded(lambda rows: self.backend.generate([prompts[i] for i in rows], seeds[rows]), n,
+                                     "generator")
         if images is not None:
             self._shape = images.shape[1:]
         out["image"] = images if images is not None else np.zeros((n, *self._shape), np.uint8)
@@ -85,6 +89,23 @@ class GenerateStage:
         for row, reason in failed.items():
             out[FAILED][row] = reason
         return out
+
+    def _read(self, batch: dict[str, np.ndarray], out: dict[str, np.ndarray], n: int):
+        """A reading generator's images; a row whose image or label is unusable (unreadable file,
+        unknown label, missing metadata) is kept, invalid, with its reason (``data_error``):
+        bad data is counted in the report, not a failure of the run."""
+        errors = np.full(n, "", dtype=object)
+
+        def read(rows: np.ndarray) -> np.ndarray:
+            images, row_errors = self.backend.generate_rows({k: np.asarray(v)[rows] for k, v in batch.items()})
+            errors[rows] = row_errors
+            return images
+
+        images, failed = guarded(read, n, "generator")
+        out[DATA_ERROR] = errors
+        out["valid"] = errors == ""
+        out["filter_reason"] = np.array([reason_code(e) for e in errors], dtype=object)
+        return images, failed
 
 
 class EmbedStage:
@@ -119,6 +140,10 @@ class EmbedStage:
         else:
             out["valid"] = np.ones(n, bool)
             out["filter_reason"] = np.full(n, "", dtype=object)
+        if "valid" in batch:  # marked before: a reading generator's bad data, whose reason comes first
+            before = np.asarray(batch["filter_reason"], dtype=object)
+            out["valid"] = np.asarray(out["valid"], bool) & np.asarray(batch["valid"], bool)
+            out["filter_reason"] = np.where(before == "", out["filter_reason"], before)
         bad = reasons != ""
         out["valid"] = np.asarray(out["valid"], bool) & ~bad
         out["filter_reason"] = np.where(bad, FAILED_REASON, np.asarray(out["filter_reason"], dtype=object))

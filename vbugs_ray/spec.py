@@ -104,6 +104,7 @@ class RoleSpec:
 
 # run-store columns an axis may not be named after (its values would be read as theirs)
 RESERVED_COLUMNS = ("class", "seed", "prompt", "row_id", "cell", "replicate", "label", "hypothesis", "arm", "image",
+                    "source", "raw_label", "data_error",
                     "image_png", "embedding", "valid", "filter_reason", "failed", "pred_index", "pred_name",
                     "pred_label", "pred", "p_true", "loss", "error", "top5", "class_similarity", "shift_similarity")
 
@@ -159,7 +160,7 @@ class AuditSpec:
     name: str
     classes: tuple[str, ...]
     class_phrases: tuple[str, ...]  # the words {class} becomes in a prompt (a learned token...)
-    axes: tuple[Axis, ...]
+    axes: tuple[Axis, ...]  # () while ``axes_auto``: the generator reads them from its data
     prompt: str
     images_per_cell: int | None
     budget: int | None
@@ -174,6 +175,7 @@ class AuditSpec:
     verify: VerifySettings | None  # None: the audit ends at flagged slices
     run: RunSpec
     output_dir: str
+    axes_auto: bool = False  # `axes: auto`: a dataset's metadata columns, found by the generator (registry.resolve_axes)
 
     TOP_FIELDS = ("name", "classes", "axes", "prompt", "images_per_cell", "budget", "sampling", "seed",
                   "generator", "classifier", "embedder", "captioner", "filter", "search", "verify", "run",
@@ -190,7 +192,8 @@ class AuditSpec:
     def to_dict(self) -> dict:
         """Plain data, with axes as name -> {value: phrase}, suitable for JSON and hashing."""
         data = dataclasses.asdict(self)
-        data["axes"] = {a.name: dict(zip(a.values, a.phrases)) for a in self.axes}
+        data["axes"] = "auto" if self.axes_auto else {a.name: dict(zip(a.values, a.phrases)) for a in self.axes}
+        del data["axes_auto"]
         phrases = data.pop("class_phrases")
         if phrases != data["classes"]:
             data["classes"] = dict(zip(data["classes"], phrases))
@@ -199,9 +202,14 @@ class AuditSpec:
         return json.loads(json.dumps(data))  # tuples -> lists: parse_spec(to_dict()) round-trips
 
 
+AUTO_AXES = "auto"  # axes: auto: a dataset generator's metadata columns become the axes
+AUTO_PROMPT = "a photo of a {class}"  # the prompt of `axes: auto` when none is given; the axes are appended
+
+
 def _parse_axes(data: Any) -> tuple[Axis, ...]:
     if not isinstance(data, Mapping) or not data:
-        raise SpecError("axes", "expected a mapping axis -> list of values (or value -> prompt phrase)")
+        raise SpecError("axes", "expected a mapping axis -> list of values (or value -> prompt phrase), "
+                                "or auto (a dataset generator's metadata columns)")
     axes = []
     for name, values in data.items():
         where = f"axes.{name}"
@@ -272,7 +280,7 @@ def _parse_filter(data: Any, n_classes: int) -> FilterSpec | None:
     return spec
 
 
-def _check_prompt(template: str, classes: tuple[str, ...], axes: tuple[Axis, ...]) -> None:
+def _check_prompt(template: str, classes: tuple[str, ...], axes: tuple[Axis, ...], auto: bool = False) -> None:
     try:
         names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as exc:
@@ -282,6 +290,8 @@ def _check_prompt(template: str, classes: tuple[str, ...], axes: tuple[Axis, ...
     if unknown:
         raise SpecError("prompt", f"placeholder {{{unknown[0]}}} is neither 'class' nor an axis; allowed: {sorted(allowed)}")
     missing = [n for n in ["class", *[a.name for a in axes]] if n not in names]
+    if auto and names - {"class"}:
+        raise SpecError("prompt", "with axes: auto, the prompt names {class} only; each axis found is appended")
     if missing:
         raise SpecError("prompt", f"template does not mention {{{missing[0]}}}; every axis and the class must be in the prompt")
     try:  # a format spec or conversion ({class:d}, {class!x}) fails only when the grid is built
@@ -315,13 +325,14 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
         if key not in AuditSpec.TOP_FIELDS:
             raise SpecError(str(key), f"unknown key; allowed: {', '.join(AuditSpec.TOP_FIELDS)}")
     check_all_finite(data)
-    for key in ("classes", "axes", "prompt"):
+    auto = data.get("axes") == AUTO_AXES
+    for key in ("classes", "axes", *(() if auto else ("prompt",))):
         if data.get(key) is None:
             raise SpecError(key, "is required")
     classes, class_phrases = _parse_classes(data["classes"])
-    axes = _parse_axes(data["axes"])
-    prompt = check_value(data["prompt"], "prompt", kind=str)
-    _check_prompt(prompt, classes, axes)
+    axes = () if auto else _parse_axes(data["axes"])
+    prompt = check_value(data.get("prompt", AUTO_PROMPT), "prompt", kind=str)
+    _check_prompt(prompt, classes, axes, auto)
 
     per_cell, budget = data.get("images_per_cell"), data.get("budget")
     if per_cell is None and budget is None:
@@ -361,6 +372,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
         verify=VerifySettings.parse(data.get("verify")),
         run=run,
         output_dir=check_value(data.get("output_dir", "runs/audit"), "output_dir", kind=str),
+        axes_auto=auto,
         **roles,
     )
 

@@ -132,9 +132,10 @@ class RunStore:
         self._checked: tuple[list, Survey] | None = None  # (the listing it was taken on, the survey)
 
     # -- spec pinning -------------------------------------------------------------------------
-    def open_for(self, spec: AuditSpec) -> None:
-        """Create the run dir for ``spec``, or check that an existing one holds rows of the same
-        spec (a spec.json without rows, left by a start that failed, is replaced)."""
+    def open_for(self, spec: AuditSpec, rows: int | None = None) -> None:
+        """Create the run dir for ``spec`` (whose grid holds ``rows`` rows), or check that an
+        existing one holds rows of the same spec (a spec.json without rows, left by a start that
+        failed, is replaced)."""
         fingerprint = rows_fingerprint(spec)
         if self.spec_path.exists() and self.holds_rows():
             held = self._held()
@@ -142,7 +143,8 @@ class RunStore:
                 raise RunStoreError(f"{self.root} holds rows of a different spec ({spec_changes(held.get('spec'), spec)}); "
                                     f"use another --out or delete the folder")
         self.rows_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.spec_path, {"fingerprint": fingerprint, "spec": spec.to_dict()})
+        atomic_write_json(self.spec_path, {"fingerprint": fingerprint, "spec": spec.to_dict(),
+                                           **({"rows": int(rows)} if rows is not None else {})})
 
     def forget_failed_start(self) -> None:
         """Remove what a first start that published no shard left (spec.json, staging folders,
@@ -170,8 +172,10 @@ class RunStore:
     def planned(self) -> dict[int, range]:
         """Shard -> the row ids it should hold."""
         if self._planned is None:
+            held = self._held() if self.spec_path.exists() else {}
             spec = parse_spec(self.load_spec_dict(), source=str(self.spec_path))
-            self._planned = plan_ranges(0, n_rows(spec), spec.run.shard_rows)
+            # a run records its row count (a dataset's rows are its images: known without reading it again)
+            self._planned = plan_ranges(0, held.get("rows", n_rows(spec)), spec.run.shard_rows)
         return self._planned
 
     # -- shards -------------------------------------------------------------------------------

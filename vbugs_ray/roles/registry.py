@@ -15,6 +15,7 @@ A backend class (see roles.protocols for what each role must provide) has:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any, Callable
 
@@ -26,16 +27,20 @@ _BACKENDS: dict[str, dict[str, str]] = {
     "generator": {
         "toyworld": "vbugs_ray.roles.generators.toyworld:ToyWorldGenerator",
         "diffusers": "vbugs_ray.roles.generators.diffusers:DiffusersGenerator",
+        "dataset": "vbugs_ray.roles.generators.dataset:DatasetGenerator",
+        "corruptions": "vbugs_ray.roles.generators.corruptions:CorruptionsGenerator",
     },
     "classifier": {
         "toyworld_cnn": "vbugs_ray.roles.classifiers.toyworld_cnn:ToyWorldClassifier",
         "timm": "vbugs_ray.roles.classifiers.timm:TimmClassifier",
         "torchvision": "vbugs_ray.roles.classifiers.torchvision:TorchvisionClassifier",
         "module": "vbugs_ray.roles.classifiers.module:ModuleClassifier",
+        "data_cnn": "vbugs_ray.roles.classifiers.data_cnn:DataCNNClassifier",
     },
     "embedder": {
         "toyworld_clip": "vbugs_ray.roles.embedders.toyworld_clip:ToyWorldCLIPEmbedder",
         "open_clip": "vbugs_ray.roles.embedders.open_clip:OpenCLIPEmbedder",
+        "data_clip": "vbugs_ray.roles.embedders.data_clip:DataCLIPEmbedder",
     },
     "captioner": {
         "retrieval": "vbugs_ray.roles.captioners.retrieval:RetrievalCaptioner",
@@ -98,13 +103,29 @@ def options_of(role: str, role_spec: RoleSpec) -> Any:
 
 def validate_backends(spec: AuditSpec) -> AuditSpec:
     """Every role's backend exists, and its options parse and pass the backend's own checks;
-    returns the spec, so that ``validate_backends(parse_spec(data))`` reads as one step."""
+    returns the spec, so that ``validate_backends(parse_spec(data))`` reads as one step, with
+    ``axes: auto`` resolved (``resolve_axes``): use the spec it returns."""
+    spec = resolve_axes(spec)
     for role, role_spec in spec.roles().items():
         cls = backend_class(role, role_spec.backend)
         options = options_of(role, role_spec)
         if hasattr(cls, "check"):
             cls.check(options, spec)
     return spec
+
+
+def resolve_axes(spec: AuditSpec) -> AuditSpec:
+    """``axes: auto`` made concrete: the generator (one that reads a dataset) lists the axes its
+    metadata holds, and each is appended to the prompt; any other spec is returned as it is."""
+    if not spec.axes_auto:
+        return spec
+    cls = backend_class("generator", spec.generator.backend)
+    if not hasattr(cls, "axes_from_data"):
+        raise SpecError("axes", f"auto needs a generator that reads a dataset (dataset); {spec.generator.backend} "
+                                "draws its images: list each axis and its values")
+    axes = tuple(cls.axes_from_data(options_of("generator", spec.generator), spec))
+    prompt = spec.prompt + "".join(f", {{{axis.name}}}" for axis in axes)
+    return dataclasses.replace(spec, axes=axes, prompt=prompt, axes_auto=False)
 
 
 def prepare(role: str, role_spec: RoleSpec, spec: AuditSpec, progress: Callable[[str], None] = print) -> list:

@@ -137,7 +137,6 @@ def draw_prompts(spec: AuditSpec, class_name: str, predicates: dict[str, str], p
     """The spec's template for one class with ``predicates`` fixed, other axes drawn at random
     (uniformly over the values not ``excluded``)."""
     columns: dict[str, list[str]] = {}
-    words: dict[str, list[str]] = {}
     for axis in spec.axes:
         if axis.name in predicates:
             idx = np.full(n, axis.values.index(predicates[axis.name]))
@@ -147,12 +146,18 @@ def draw_prompts(spec: AuditSpec, class_name: str, predicates: dict[str, str], p
         else:
             idx = rng.integers(0, len(axis.values), n)
         columns[axis.name] = [axis.values[i] for i in idx]
-        words[axis.name] = [axis.phrases[i] for i in idx]
+    return prompts_of(spec, class_name, columns, n, phrases), columns
+
+
+def prompts_of(spec: AuditSpec, class_name: str, columns: dict[str, list[str]], n: int,
+               phrases: tuple[str, ...] = ()) -> list[str]:
+    """The spec's prompt for ``n`` rows of a class with these axis values (each value in its
+    axis's words), the phrases appended."""
+    words = {a.name: dict(zip(a.values, a.phrases)) for a in spec.axes}
     class_words = dict(zip(spec.classes, spec.class_phrases))[class_name]
     tail = "".join(", " + p for p in phrases)
-    prompts = [spec.prompt.format(**{"class": class_words, **{a: w[i] for a, w in words.items()}}) + tail
-               for i in range(n)]
-    return prompts, columns
+    return [spec.prompt.format(**{"class": class_words, **{a: words[a][v[i]] for a, v in columns.items()}}) + tail
+            for i in range(n)]
 
 
 def split_phrases(spec: AuditSpec, phrases: list[str]) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:

@@ -2,7 +2,9 @@
 reference arm and each class's base arm, ``n`` prompts with seeds that no earlier row of the run
 has used.
 
-A round's rows have the grid's columns (so they run through the same stages) plus
+A generator that reads a dataset shows held-out images instead (``held_out_reader``): each row
+names its image (``source``), and an arm has at most as many rows as the dataset holds images of
+what it describes. A round's rows have the grid's columns (so they run through the same stages) plus
 ``hypothesis`` (the key tested, or ``base:<class>``) and ``arm`` (``hypothesis`` / ``reference`` /
 ``base``);
 row ids continue after the run's last one. Everything is a function of the spec, the tests and
@@ -18,7 +20,7 @@ import pyarrow as pa
 
 from vbugs_ray.grid import row_seeds
 from vbugs_ray.spec import AuditSpec
-from vbugs_ray.verify.hypotheses import Hypothesis, draw_prompts
+from vbugs_ray.verify.hypotheses import Hypothesis, draw_prompts, prompts_of
 
 BASE = "base:"
 REF = "ref:"  # a complement's reference arm: its own rows, never another test's
@@ -47,6 +49,19 @@ def fresh_seeds(spec_seed: int, name: str, n: int, used: set[int]) -> np.ndarray
     return np.asarray(out, np.int64)
 
 
+def held_out_reader(spec: AuditSpec):
+    """For a generator that reads a dataset, ``(class, predicates, excluded, n, rng) -> columns``
+    of held-out images (its ``held_out_rows``); None for one that draws."""
+    from vbugs_ray.roles import registry
+
+    cls = registry.backend_class("generator", spec.generator.backend)
+    if not hasattr(cls, "held_out_rows"):
+        return None
+    options = registry.options_of("generator", spec.generator)
+    return lambda class_name, predicates, excluded, n, rng: cls.held_out_rows(
+        options, spec, class_name, predicates, tuple(excluded), n, rng)
+
+
 def plan_round(spec: AuditSpec, tests: list[Hypothesis], base_classes: list[str], n: int, first_row_id: int,
                used_seeds: set[int], round_index: int) -> pa.Table:
     """The round's rows: ``n`` per hypothesis in ``tests`` and per class in ``base_classes``."""
@@ -54,21 +69,30 @@ def plan_round(spec: AuditSpec, tests: list[Hypothesis], base_classes: list[str]
     refs = {h.reference.key: h.reference for h in tests if h.reference is not None}
     arms += [(REF + key, "reference", ref.class_name, dict(ref.predicates), ref.phrases, ()) for key, ref in refs.items()]
     arms += [(BASE + c, "base", c, {}, (), ()) for c in base_classes]
+    reader = held_out_reader(spec)
     columns: dict[str, list] = {name: [] for name in ("cell", "replicate", "class", "label", *spec.axis_names,
-                                                      "prompt", "seed", "hypothesis", "arm")}
+                                                      "prompt", "seed", "hypothesis", "arm",
+                                                      *(("source",) if reader else ()))}
     for name, arm, class_name, predicates, phrases, excluded in arms:
         rng = np.random.default_rng([spec.seed, round_index, _stream(name)])
-        prompts, values = draw_prompts(spec, class_name, predicates, phrases, rng, n, excluded)
-        columns["cell"] += [-1] * n
-        columns["replicate"] += list(range(n))
-        columns["class"] += [class_name] * n
-        columns["label"] += [spec.classes.index(class_name)] * n
+        if reader:  # held-out images that show the arm's description (perhaps fewer than n)
+            values = reader(class_name, predicates, excluded, n, rng)
+            k = len(values["source"])
+            prompts = prompts_of(spec, class_name, {a: values[a] for a in spec.axis_names}, k, phrases)
+            columns["source"] += values["source"]
+        else:
+            k = n
+            prompts, values = draw_prompts(spec, class_name, predicates, phrases, rng, n, excluded)
+        columns["cell"] += [-1] * k
+        columns["replicate"] += list(range(k))
+        columns["class"] += [class_name] * k
+        columns["label"] += [spec.classes.index(class_name)] * k
         for axis in spec.axis_names:
             columns[axis] += values[axis]
         columns["prompt"] += prompts
-        columns["seed"] += fresh_seeds(spec.seed, f"{round_index}:{name}", n, used_seeds).tolist()
-        columns["hypothesis"] += [name] * n
-        columns["arm"] += [arm] * n
+        columns["seed"] += fresh_seeds(spec.seed, f"{round_index}:{name}", k, used_seeds).tolist()
+        columns["hypothesis"] += [name] * k
+        columns["arm"] += [arm] * k
     total = len(columns["prompt"])
     table = {"row_id": pa.array(np.arange(first_row_id, first_row_id + total, dtype=np.int64))}
     for name, values in columns.items():

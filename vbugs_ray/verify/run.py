@@ -105,6 +105,9 @@ class Verification:
                         seen.add(child.key)
                         tests.append(child)
         tests += [h for h in queue if h.key not in seen]
+        if not getattr(registry.backend_class("generator", self.spec.generator.backend), "shows_phrases", True):
+            # a dataset shows what its rows' columns say: a free phrase is not a test it can run
+            tests = [h for h in tests if not h.phrases]
         return tests[: self.settings.max_hypotheses]
 
     def _plan(self, index: int, queue: list[Hypothesis], first_row_id: int, used: set[int]

@@ -134,11 +134,13 @@ def one_sided_p(h: Hypothesis, arm: Arm, against_arm: Arm) -> float:
 def judge_round(tests: list[Hypothesis], arms: dict[str, Arm], alpha: float, round_index: int) -> dict[str, Verdict]:
     """Verdicts for one round's hypotheses against their classes' base arms (a complement:
     against its reference arm), BH at ``alpha`` over all of them."""
-    p = [one_sided_p(h, arms[h.key], arms[against(h)]) for h in tests]
+    # an arm without rows (a dataset holding no held-out image of what it describes) has n = 0: p = 1
+    empty = Arm(0, 0, [], Counter())
+    p = [one_sided_p(h, arms.get(h.key, empty), arms.get(against(h), empty)) for h in tests]
     q = bh_qvalues(np.asarray(p), len(p))
     verdicts = {}
     for h, p_value, q_value in zip(tests, p, q):
-        arm, base = arms[h.key], arms[against(h)]
+        arm, base = arms.get(h.key, empty), arms.get(against(h), empty)
         low, high = clopper_pearson(np.array([arm.errors]), np.array([arm.n]))
         verdicts[h.key] = Verdict(
             key=h.key, round=round_index, n=arm.n, errors=arm.errors, error_rate=arm.errors / max(arm.n, 1),

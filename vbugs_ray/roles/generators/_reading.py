@@ -1,0 +1,86 @@
+"""What the two generators that read instead of draw (``dataset``, ``corruptions``) share.
+
+A reading generator plans its own rows, so that every row names the image it shows (its
+``source`` key):
+- ``grid(options, spec)``: the audit's rows, from the source's items outside the held-out share;
+- ``held_out_rows(options, spec, class, predicates, excluded, n, rng)``: a verification arm's
+  rows, from the held-out share only (never an image the audit saw), at most one row per image;
+- ``generate_rows(batch)``: the batch's images, and per row the reason it has none ("" if it has).
+It shows what its rows' columns say and nothing else: a free phrase ("in heavy fog") is not
+something it can show, so hypotheses made of one are left untested (``shows_phrases``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from vbugs_ray.datasets import rows as datarows
+from vbugs_ray.datasets.rows import DATA_ERROR
+from vbugs_ray.datasets.images import UNREADABLE
+from vbugs_ray.datasets.sources import SourceOptions, listing, open_source
+from vbugs_ray.fields import REQUIRED, option, parse_options
+
+def _source(value, where: str) -> SourceOptions:
+    return parse_options(SourceOptions, value, where)
+
+
+@dataclass(frozen=True)
+class ReadingOptions:
+    source: SourceOptions = option(REQUIRED, parse=_source)
+    held_out: float = option(0.3, kind=float, low=0, high=0.9)  # share of each class kept for verification
+
+
+@functools.lru_cache(maxsize=8)
+def items(source: SourceOptions, classes: tuple[str, ...], held_out: float, seed: int) -> pa.Table:
+    """The source's items with their class, label, data_error and whether they are held out."""
+    table = listing(source)
+    shown, label, errors = datarows.class_of(table.column("raw_label"), classes)
+    keys = table.column("source").to_pylist()
+    held = datarows.held_out_mask(keys, label, held_out, seed)
+    return (table.append_column("class", pa.array(shown.tolist(), pa.string()))
+            .append_column("label", pa.array(label)).append_column(DATA_ERROR, pa.array(errors.tolist(), pa.string()))
+            .append_column("held_out", pa.array(held)))
+
+
+def spec_items(options: ReadingOptions, spec) -> pa.Table:
+    return items(options.source, spec.classes, options.held_out, spec.seed)
+
+
+class ReadingGenerator:
+    """Base of ``dataset`` and ``corruptions``: reads the batch's images by key."""
+
+    reads_dataset = True
+    shows_phrases = False
+    Options = ReadingOptions
+
+    @classmethod
+    def check(cls, options, spec) -> None:
+        open_source(options.source).check()
+
+    def __init__(self, options, role_spec, spec):
+        self.options, self.spec = options, spec
+        self.source = open_source(options.source)
+
+    def generate(self, prompts, seeds):
+        raise TypeError(f"{type(self).__name__} reads images by key: call generate_rows with the rows")
+
+    def read(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows' images (zeros where none) and per row its data error ("" if none)."""
+        n = len(batch["source"])
+        size = self.options.source.size
+        errors = np.array(batch[DATA_ERROR], dtype=object) if DATA_ERROR in batch else np.full(n, "", dtype=object)
+        images = np.zeros((n, size, size, 3), np.uint8)
+        todo = [i for i in range(n) if not errors[i] and batch["source"][i]]
+        for i in range(n):
+            if not errors[i] and not batch["source"][i]:
+                errors[i] = f"{datarows.NO_IMAGE}: the source holds no image for this row"
+        for i, image in zip(todo, self.source.read([str(batch["source"][i]) for i in todo])):
+            if isinstance(image, str):
+                errors[i] = f"{UNREADABLE}: {image}"
+            else:
+                images[i] = image
+        return images, errors
