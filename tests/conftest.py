@@ -34,9 +34,11 @@ def _marked_for_what_it_does(request, monkeypatch):
             super().__init__(args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess, "Popen", CheckedPopen)
+    from vbugs_ray.datasets import training
+    from vbugs_ray.roles.embedders import data_clip
     from vbugs_ray.toyworld import classifier, clip
 
-    for module in (classifier, clip):
+    for module in (classifier, clip, training, data_clip):
         trained = module.trained
 
         def checked(*args, _trained=trained, **kwargs):

@@ -212,7 +212,7 @@ def test_cli_bad_spec_is_one_line(tmp_path):
     done = _vbugs("audit", str(bad), "--out", str(tmp_path / "r"))
     assert done.returncode == 2
     assert done.stderr.strip() == ("vbugs: error: spec field 'classifier.backend': unknown backend 'resnet9000'; "
-                                   "known: module, timm, torchvision, toyworld_cnn")
+                                   "known: data_cnn, module, timm, torchvision, toyworld_cnn")
     assert not (tmp_path / "r").exists()
 
 

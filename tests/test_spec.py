@@ -32,7 +32,7 @@ _DELETE = object()
 @pytest.mark.parametrize(
     "path, value, field, words",
     [
-        ("generator.backend", "dalle9", "generator.backend", "unknown backend 'dalle9'; known: diffusers, toyworld"),
+        ("generator.backend", "dalle9", "generator.backend", "unknown backend 'dalle9'; known: corruptions, dataset, diffusers, toyworld"),
         ("classes", [], "classes", "non-empty list"),
         ("axes.lighting", [], "axes.lighting", "no values"),
         ("budget", 0, "budget", "must be > 0"),

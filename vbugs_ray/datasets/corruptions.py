@@ -1,5 +1,6 @@
 """Parametric corruptions (after ImageNet-C, Hendrycks & Dietterich 2019) on
-torchvision.transforms.v2's functional ops, five severities each, stronger at each level.
+torchvision.transforms.v2's functional ops (blur, contrast, rotation, erasing) and Pillow's JPEG,
+five severities each, stronger at each level.
 
 An image's corruption depends on (image, corruption, severity, seed) only: whatever is random
 (the noise, the rotation's direction, the occluder's place) comes from a generator seeded with
@@ -22,7 +23,7 @@ SEVERITIES = ("1", "2", "3", "4", "5")
 LEVELS: dict[str, tuple[float, ...]] = {
     "gaussian_blur": (0.02, 0.04, 0.06, 0.09, 0.13),   # sigma as a fraction of the side
     "gaussian_noise": (0.04, 0.08, 0.13, 0.19, 0.27),  # noise sigma on [0, 1] pixels
-    "brightness": (1.25, 1.5, 1.8, 2.2, 2.7),          # multiplicative brightness
+    "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),           # added to every pixel (dark backgrounds too)
     "contrast": (0.65, 0.5, 0.35, 0.22, 0.12),         # contrast factor (1: unchanged)
     "rotation": (8.0, 16.0, 26.0, 38.0, 55.0),          # degrees, direction drawn per row
     "jpeg": (50, 30, 18, 10, 5),                        # JPEG quality
@@ -47,7 +48,9 @@ def _noise(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
 
 
 def _brightness(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-    return F.adjust_brightness(x, level)
+    """Added, as ImageNet-C adds to HSV value: F.adjust_brightness multiplies, which leaves a black
+    background black and saturates a bright object by severity 4, so the levels would stop growing."""
+    return (x + level).clamp_(0, 1)
 
 
 def _contrast(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
@@ -60,8 +63,17 @@ def _rotation(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor
 
 
 def _jpeg(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-    as_bytes = (x * 255).round().to(torch.uint8)
-    return F.jpeg(as_bytes, quality=int(level)).float() / 255
+    """Pillow's JPEG round trip: torchvision's (F.jpeg) goes through torchvision.io, deprecated
+    since 0.29 for torchcodec."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=int(level))
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return torch.from_numpy(np.array(decoded.convert("RGB"), np.float32)).permute(2, 0, 1) / 255
 
 
 def _occlusion(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:

@@ -55,8 +55,12 @@ def metadata_columns(listing: pa.Table, chosen: tuple[str, ...] | None) -> list[
 
 
 def axis_values(column: pa.ChunkedArray, max_values: int, n_bins: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(value per row as text, the axis's values in order, missing per row) of one metadata column."""
-    codes, labels = encode_column(column.combine_chunks(), max_values, n_bins)
+    """(value per row as text, the axis's values in order, missing per row) of one metadata column
+    (a blank string is missing too)."""
+    column = column.combine_chunks()
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        column = pc.if_else(pc.equal(pc.utf8_trim_whitespace(column), ""), pa.scalar(None, column.type), column)
+    codes, labels = encode_column(column, max_values, n_bins)
     text = np.asarray(labels, dtype=object)[codes]
     missing = text == MISSING
     return text, [v for v in labels if v != MISSING], missing
@@ -70,7 +74,7 @@ def held_out_mask(keys: list[str], labels: np.ndarray, share: float, seed: int) 
     mask = np.zeros(len(keys), bool)
     if share <= 0:
         return mask
-    for label in np.unique(labels):
+    for label in np.unique(labels[labels >= 0]):  # items without a known class are all audited (and counted)
         mine = np.flatnonzero(labels == label)
         take = min(len(mine) - 1, max(1, int(round(share * len(mine))))) if len(mine) > 1 else 0
         mask[mine[np.argsort(score[mine], kind="stable")[:take]]] = True

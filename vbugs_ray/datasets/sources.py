@@ -121,7 +121,8 @@ class ImageFolder:
                 continue
             try:
                 with self.fs.open_input_file(path) as f:
-                    table = (pacsv.read_csv(f) if name.endswith(".csv") else
+                    table = (pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+                             if name.endswith(".csv") else
                              pajson.read_json(f) if name.endswith(".jsonl") else pq.read_table(f))
             except (pa.ArrowInvalid, OSError) as exc:
                 raise SpecError(f"{WHERE}.path", f"cannot read {name}: {cut(one_line(str(exc)), 120)}") from None
@@ -170,7 +171,8 @@ class ParquetImages:
         import pyarrow.dataset as pads
 
         try:
-            return pads.dataset(self.root, filesystem=self.fs, format="parquet")
+            # a folder may hold other files beside its Parquet (the images its paths name)
+            return pads.dataset(self.root, filesystem=self.fs, format="parquet", exclude_invalid_files=True)
         except (FileNotFoundError, pa.ArrowInvalid, OSError) as exc:
             raise SpecError(f"{WHERE}.path", f"cannot read Parquet at {quote(self.options.path)} "
                                              f"({cut(one_line(str(exc)), 100)})") from None
@@ -190,9 +192,12 @@ class ParquetImages:
         o = self.options
         parts = []
         for path in sorted(self._dataset().files):
-            with self.fs.open_input_file(path) as f:
-                names = pq.ParquetFile(f).schema_arrow.names
-                table = pq.read_table(f, columns=[c for c in names if c != o.image_column])
+            try:
+                with self.fs.open_input_file(path) as f:
+                    names = pq.ParquetFile(f).schema_arrow.names
+                    table = pq.read_table(f, columns=[c for c in names if c != o.image_column])
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise SpecError(f"{WHERE}.path", f"cannot read {path} ({cut(one_line(str(exc)), 100)})") from None
             keys = pa.array([f"{path}#{i}" for i in range(table.num_rows)])
             label = pc.cast(table.column(o.label_column), pa.string()) if not pa.types.is_integer(
                 table.column(o.label_column).type) else table.column(o.label_column)
