@@ -16,6 +16,7 @@ from vbugs_ray import batchprobe, timing
 from vbugs_ray.terminal import NullBar, open_bar, stderr
 from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
+from vbugs_ray.datasets.rows import DATA_ERROR
 from vbugs_ray.errors import RunStoreError, SpecError
 from vbugs_ray.grid import audit_rows
 from vbugs_ray.pipeline import actor_needs, make_executor
@@ -198,12 +199,15 @@ def _find_slices(run_dir: str | Path, spec_dict: dict | None, progress: Progress
         caption_slices(result.flagged, store, spec, features, settings.top_k, progress)
     extra = {"partial": True, "rows_missing": checked.rows_missing(), "shards_missing": checked.missing} \
         if checked.missing else {}
+    reads = DATA_ERROR in store.dataset().schema.names  # rows a dataset generator read, not drew
     report = build_report(result, settings, features, name=spec.name, **extra,
-                          **({"filter": filtered} if filtered else {}))
+                          **({"filter": filtered} if filtered else {}), **({"read_from_dataset": True} if reads else {}))
     report.update(_verification_still_valid(store, spec, progress))
     timing.put(store.root, "search", time.time() - t0)
     atomic_write_json(store.report_path, report)
-    invalid = f"; {filtered['n_invalid']} of {filtered['n_generated']} rows marked invalid by the filter" if filtered else ""
+    reasons = ", ".join(f"{k} {v}" for k, v in (filtered or {}).get("invalid_reasons", {}).items())
+    invalid = f"; {filtered['n_invalid']} of {filtered['n_generated']} rows marked invalid" + \
+        (f" ({reasons})" if reasons else "") if filtered else ""
     progress(f"slice search: {result.evaluated} slices tested, {len(result.flagged)} flagged{invalid} -> {store.report_path}")
     if html:
         write_page(store.root, progress)

@@ -54,7 +54,8 @@ class SourceOptions:
 
     format: str = option(REQUIRED, choices=FORMATS)
     path: str | None = option(None, kind=str)  # a folder, file or URI; idx: the folder (default Fashion-MNIST's)
-    split: str = option("test", choices=SPLITS)  # digits and idx: which half is audited
+    split: str = option("test", choices=SPLITS)  # which split is audited (digits, idx, or split_column's)
+    split_column: str | None = option(None, kind=str)  # image_folder (metadata) and parquet: a train/test column
     image_column: str = option("image", kind=str)  # parquet
     label_column: str = option("label", kind=str)  # parquet
     metadata: tuple | None = option(None, parse=_names)  # the metadata columns used as axes (None: all)
@@ -353,11 +354,38 @@ def open_source(options: SourceOptions):
 @functools.lru_cache(maxsize=8)
 def listing(options: SourceOptions) -> pa.Table:
     """The source's listing (cached per process: the driver plans the grid and each verification
-    round from it), cut to ``limit`` items."""
+    round from it): the items of ``split`` when a ``split_column`` says, cut to ``limit`` items."""
     table = open_source(options).listing()
+    if options.split_column is not None:
+        if options.split_column not in table.column_names:
+            raise SpecError(f"{WHERE}.split_column", f"{options.split_column!r} is not a column of the source; it has "
+                                                     f"{', '.join(c for c in table.column_names if c != 'source')}")
+        split = pc.cast(table.column(options.split_column), pa.string())
+        table = table.filter(pc.fill_null(pc.equal(split, options.split), False)).drop_columns([options.split_column])
     return table.slice(0, options.limit) if options.limit else table
 
 
 def has_splits(options: SourceOptions) -> bool:
-    """Whether the source has a training half to train a classifier or an embedder on."""
-    return options.format in ("digits", "idx")
+    """Whether the source has a training split to train a classifier or an embedder on."""
+    return options.format in ("digits", "idx") or options.split_column is not None
+
+
+def labelled_images(options: SourceOptions, split: str, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, size, size, 3) uint8, class indexes) of a split, the items without a usable
+    image or a known class left out: what a model trains on."""
+    import dataclasses
+
+    from vbugs_ray.datasets.rows import class_of
+
+    source = open_source(options)
+    if hasattr(source, "arrays"):  # whole arrays at once (digits, idx)
+        images, labels = source.arrays(split)
+        keep = labels < len(classes)
+        return np.stack([to_rgb(im, options.size) for im in images[keep]]), labels[keep]
+    table = listing(dataclasses.replace(options, split=split, limit=None))
+    _, labels, _ = class_of(table.column("raw_label"), classes)
+    read = source.read(table.column("source").to_pylist())
+    keep = [i for i, image in enumerate(read) if labels[i] >= 0 and not isinstance(image, str)]
+    if not keep:
+        raise SpecError(f"{WHERE}.split_column", f"the {split} split holds no readable image of the spec's classes")
+    return np.stack([read[i] for i in keep]), labels[keep]

@@ -13,32 +13,25 @@ import torch
 from torch import nn
 
 from vbugs_ray.cache import trained
-from vbugs_ray.datasets.images import to_rgb
 from vbugs_ray.toyworld.classifier import ToyCNN, to_tensor
 
 Progress = Callable[[str], None]
 
 
-def split_arrays(source, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, size, size, 3) uint8, labels) of a source's split (digits, idx)."""
-    from vbugs_ray.datasets.sources import open_source
-
-    images, labels = open_source(source).arrays(split)
-    return np.stack([to_rgb(im, source.size) for im in images]), labels
-
-
 def classifier_config(source, classes, epochs: int, seed: int, width: int) -> dict:
-    return {"model": "ToyCNN-data-v1", "source": {"format": source.format, "path": source.path, "size": source.size},
+    return {"model": "ToyCNN-data-v1", "source": {"format": source.format, "path": source.path, "size": source.size,
+                                                  "split_column": source.split_column},
             "classes": list(classes), "epochs": epochs, "seed": seed, "width": width}
 
 
 def train_classifier(config: dict, source, progress: Progress) -> dict:
     """A ToyCNN on the clean training split, raw pixels in (like a model that never saw a
     corruption), batches of 128 with AdamW and one-cycle learning rates."""
+    from vbugs_ray.datasets.sources import labelled_images
+
     torch.manual_seed(config["seed"])
-    images, labels = split_arrays(source, "train")
-    keep = labels < len(config["classes"])
-    x, y = to_tensor(images[keep]), torch.from_numpy(labels[keep])
+    images, labels = labelled_images(source, "train", tuple(config["classes"]))
+    x, y = to_tensor(images), torch.from_numpy(labels)
     model = ToyCNN(len(config["classes"]), width=config["width"])
     steps = config["epochs"] * ((len(x) + 127) // 128)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)

@@ -46,6 +46,7 @@ def _summary(report: dict, spec: dict, run_dir: Path) -> dict:
         "generated": generated,
         "valid": generated - invalid,
         "invalid": invalid,
+        "read": bool(report.get("read_from_dataset")),  # a dataset's images: read, not generated
         "invalid_reasons": ", ".join(f"{k}: {v}" for k, v in filtered.get("invalid_reasons", {}).items()),
         "fresh_images": verification.get("images_generated"),
         "base_error_rate": report["base_error_rate"],

@@ -1,5 +1,6 @@
 """Classifier backend ``data_cnn``: a small CNN trained on the clean training split of the
-spec's dataset source (the ``dataset`` or ``corruptions`` generator's, digits or idx), for the
+spec's dataset source (the ``dataset`` or ``corruptions`` generator's: digits, idx, or a source
+with a ``split_column``), for the
 real-data examples: the model under audit never saw a corruption.
 
 Options: ``epochs`` (6), ``width`` (32), ``seed`` (0). Trained once on the driver and cached by
@@ -30,7 +31,8 @@ def source_of(spec, role: str):
         if getattr(cls, "reads_dataset", False) else None
     if source is None or not has_splits(source):
         raise SpecError(f"{role}.backend", f"{getattr(spec, role).backend} trains on a dataset source's training split: "
-                                           "use the dataset or corruptions generator with a digits or idx source")
+                                           "use the dataset or corruptions generator with a digits or idx source, "
+                                           "or a split_column")
     return source
 
 

@@ -26,13 +26,10 @@ GROUP = 3  # training pairs per image for the embedder: the same picture under d
 
 def _training_images(options, spec) -> tuple[np.ndarray, np.ndarray]:
     """(images, label indexes) to train on: the source's train split, else its audited share."""
-    from vbugs_ray.datasets.sources import has_splits, open_source
-    from vbugs_ray.datasets.training import split_arrays
+    from vbugs_ray.datasets.sources import has_splits, labelled_images, open_source
 
     if has_splits(options.source):
-        images, labels = split_arrays(options.source, "train")
-        keep = labels < len(spec.classes)
-        return images[keep], labels[keep]
+        return labelled_images(options.source, "train", spec.classes)
     audit, _, keys = _pools(options, spec)
     index = np.concatenate([audit[c] for c in spec.classes])
     labels = np.concatenate([np.full(len(audit[c]), i) for i, c in enumerate(spec.classes)])
