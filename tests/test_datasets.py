@@ -267,6 +267,8 @@ def test_corruption_grid_pairs_images_and_verification_holds_them_out():
     ({"generator": {"backend": "corruptions", "options": {"source": {"format": "image_folder",
                                                                      "path": "/nonexistent/x"}}}},
      "generator.options.source.path", "no folder at"),
+    ({"generator": {"backend": "corruptions", "options": {"source": {"format": "digits"}, "held_out": 0}},
+      "verify": {}}, "generator.options.held_out", "verification has no image the audit did not see"),
 ])
 def test_bad_dataset_specs_are_one_line_errors(change, field, words):
     with pytest.raises(SpecError) as err:
@@ -287,3 +289,20 @@ def test_dataset_axes_must_be_auto_and_own_models_need_a_split(image_folder):
     with pytest.raises(SpecError, match="'lens' is not a column of the source; it has camera, hour"):
         validate_backends(parse_spec(bad_meta))
     assert json.dumps(parse_spec(_dataset_spec(str(image_folder))).to_dict()["axes"]) == '"auto"'
+
+
+@pytest.mark.trains
+def test_a_resumed_dataset_run_refuses_changed_data(image_folder, tmp_path):
+    from vbugs_ray.errors import RunStoreError
+    from vbugs_ray.flow import generate_rows
+
+    spec = parse_spec(_dataset_spec(str(image_folder)))
+    lines: list[str] = []
+    store = generate_rows(spec, tmp_path / "run", progress=lines.append)
+    rows = store.read(columns=["source", "valid", "filter_reason"])
+    assert rows.num_rows == 30 and "unknown_label" in rows.column("filter_reason").to_pylist()
+    generate_rows(spec, tmp_path / "run", progress=lines.append)
+    assert any("2 shards; 2 already done" in line for line in lines)  # the same data: nothing read again
+    (image_folder / "cat" / "0.png").unlink()
+    with pytest.raises(RunStoreError, match="holds rows read from other data"):
+        generate_rows(parse_spec(_dataset_spec(str(image_folder))), tmp_path / "run", progress=lines.append)

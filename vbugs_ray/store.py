@@ -132,19 +132,23 @@ class RunStore:
         self._checked: tuple[list, Survey] | None = None  # (the listing it was taken on, the survey)
 
     # -- spec pinning -------------------------------------------------------------------------
-    def open_for(self, spec: AuditSpec, rows: int | None = None) -> None:
-        """Create the run dir for ``spec`` (whose grid holds ``rows`` rows), or check that an
-        existing one holds rows of the same spec (a spec.json without rows, left by a start that
-        failed, is replaced)."""
+    def open_for(self, spec: AuditSpec, rows: int | None = None, data: str | None = None) -> None:
+        """Create the run dir for ``spec`` (whose grid holds ``rows`` rows, read from a dataset
+        whose listing hashes to ``data``), or check that an existing one holds rows of the same
+        spec and data (a spec.json without rows, left by a start that failed, is replaced)."""
         fingerprint = rows_fingerprint(spec)
         if self.spec_path.exists() and self.holds_rows():
             held = self._held()
+            if data is not None and held.get("data", data) != data:  # first: changed data changes auto axes too
+                raise RunStoreError(f"{self.root} holds rows read from other data (the dataset's files, labels or "
+                                    "metadata changed since it started); use another --out or delete the folder")
             if held.get("fingerprint") != fingerprint:
                 raise RunStoreError(f"{self.root} holds rows of a different spec ({spec_changes(held.get('spec'), spec)}); "
                                     f"use another --out or delete the folder")
         self.rows_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.spec_path, {"fingerprint": fingerprint, "spec": spec.to_dict(),
-                                           **({"rows": int(rows)} if rows is not None else {})})
+                                           **({"rows": int(rows)} if rows is not None else {}),
+                                           **({"data": data} if data is not None else {})})
 
     def forget_failed_start(self) -> None:
         """Remove what a first start that published no shard left (spec.json, staging folders,

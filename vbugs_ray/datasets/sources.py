@@ -40,6 +40,23 @@ INSTALL_FASHION = "sudo apt-get install dataset-fashion-mnist"
 WHERE = "generator.options.source"
 
 
+_CACHES: list = []
+
+
+def per_process(fn):
+    """``functools.lru_cache`` for what is read from a dataset (listings, labels, metadata): the
+    driver plans the grid and every verification round from them. ``forget`` empties them all
+    when a run starts, so a long-lived process reads data that changed meanwhile."""
+    cached = functools.lru_cache(maxsize=8)(fn)
+    _CACHES.append(cached)
+    return cached
+
+
+def forget() -> None:
+    for cached in _CACHES:
+        cached.cache_clear()
+
+
 def _names(value: Any, where: str) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -293,7 +310,7 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-@functools.lru_cache(maxsize=4)
+@per_process
 def read_idx(path: str) -> np.ndarray:
     """An IDX file (gzip or not) as an array. Hand-written: the format is a 4-byte magic (type
     0x08 unsigned bytes, then the number of dimensions), big-endian sizes, then the data; the
@@ -351,7 +368,7 @@ def open_source(options: SourceOptions):
     return _CLASSES[options.format](options)
 
 
-@functools.lru_cache(maxsize=8)
+@per_process
 def listing(options: SourceOptions) -> pa.Table:
     """The source's listing (cached per process: the driver plans the grid and each verification
     round from it): the items of ``split`` when a ``split_column`` says, cut to ``limit`` items."""

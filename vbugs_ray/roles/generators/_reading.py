@@ -12,7 +12,6 @@ something it can show, so hypotheses made of one are left untested (``shows_phra
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +20,8 @@ import pyarrow as pa
 from vbugs_ray.datasets import rows as datarows
 from vbugs_ray.datasets.rows import DATA_ERROR
 from vbugs_ray.datasets.images import UNREADABLE
-from vbugs_ray.datasets.sources import SourceOptions, listing, open_source
+from vbugs_ray.datasets.sources import SourceOptions, listing, open_source, per_process
+from vbugs_ray.errors import SpecError
 from vbugs_ray.fields import REQUIRED, option, parse_options
 
 def _source(value, where: str) -> SourceOptions:
@@ -34,7 +34,7 @@ class ReadingOptions:
     held_out: float = option(0.3, kind=float, low=0, high=0.9)  # share of each class kept for verification
 
 
-@functools.lru_cache(maxsize=8)
+@per_process
 def items(source: SourceOptions, classes: tuple[str, ...], held_out: float, seed: int) -> pa.Table:
     """The source's items with their class, label, data_error and whether they are held out."""
     table = listing(source)
@@ -60,6 +60,9 @@ class ReadingGenerator:
     @classmethod
     def check(cls, options, spec) -> None:
         open_source(options.source).check()
+        if spec.verify is not None and options.held_out == 0:
+            raise SpecError("generator.options.held_out", "is 0, so verification has no image the audit did not see; "
+                                                          "hold out a share (0.3) or set verify: false")
 
     def __init__(self, options, role_spec, spec):
         self.options, self.spec = options, spec

@@ -9,14 +9,13 @@ apply. A flagged slice (class=shirt, camera=b) is verified on held-out images of
 
 from __future__ import annotations
 
-import functools
 import re
 
 import numpy as np
 import pyarrow as pa
 
 from vbugs_ray.datasets import rows as datarows
-from vbugs_ray.datasets.sources import WHERE, listing
+from vbugs_ray.datasets.sources import WHERE, listing, per_process
 from vbugs_ray.errors import SpecError
 from vbugs_ray.grid import row_seeds
 from vbugs_ray.datasets.rows import DATA_ERROR
@@ -35,7 +34,7 @@ def _check_names(names: list[str], columns: list[str]) -> None:
                                    "own columns); name the others in source.metadata")
 
 
-@functools.lru_cache(maxsize=8)
+@per_process
 def _metadata(options, classes: tuple[str, ...], seed: int, max_values: int, n_bins: int
               ) -> tuple[tuple[Axis, ...], dict[str, np.ndarray], np.ndarray]:
     """(axes, each axis's value per item as text, each item's data error, missing metadata included)."""
