@@ -93,6 +93,9 @@ def test_no_import_cycle():
     ("vbugs_ray.toyworld", {"vbugs_ray.pipeline", "vbugs_ray.store", "vbugs_ray.cli", "vbugs_ray.roles",
                             "vbugs_ray.flow", "ray"}),
     ("vbugs_ray.spec", {"vbugs_ray.roles", "torch", "ray"}),
+    # reading and corrupting images, and the examples' models: no backend, pipeline or Ray
+    ("vbugs_ray.datasets", {"ray", "vbugs_ray.roles", "vbugs_ray.pipeline", "vbugs_ray.store", "vbugs_ray.flow",
+                            "vbugs_ray.verify", "vbugs_ray.cli", "vbugs_ray.raycluster"}),
     # discovery is statistics on arrays: the run store, models and Ray stay with its callers
     ("vbugs_ray.discover", {"ray", "torch", "pyarrow", "vbugs_ray.store", "vbugs_ray.roles", "vbugs_ray.pipeline",
                             "vbugs_ray.verify", "vbugs_ray.flow", "vbugs_ray.cli", "vbugs_ray.raycluster"}),
