@@ -10,10 +10,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from vbugs_ray.cache import trained
-from vbugs_ray.toyworld.classifier import ToyCNN, to_tensor
+from vbugs_ray.toyworld.classifier import ToyCNN, fit, to_tensor
 
 Progress = Callable[[str], None]
 
@@ -33,27 +32,7 @@ def train_classifier(config: dict, source, progress: Progress) -> dict:
     images, labels = labelled_images(source, "train", tuple(config["classes"]))
     x, y = to_tensor(images), torch.from_numpy(labels)
     model = ToyCNN(len(config["classes"]), width=config["width"])
-    steps = config["epochs"] * ((len(x) + 127) // 128)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    gen = torch.Generator().manual_seed(config["seed"])
-    t0 = time.time()
-    model.train()
-    for epoch in range(config["epochs"]):
-        order = torch.randperm(len(x), generator=gen)
-        correct = 0
-        for i in range(0, len(x), 128):
-            idx = order[i:i + 128]
-            logits = model(x[idx])
-            loss = nn.functional.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            correct += int((logits.argmax(1) == y[idx]).sum())
-        progress(f"data classifier: epoch {epoch + 1}/{config['epochs']} train acc {correct / len(x):.3f} "
-                 f"({time.time() - t0:.0f}s)")
-    model.eval()
+    fit(model, x, y, config["epochs"], config["seed"], lambda line: progress(f"data classifier: {line}"), time.time())
     return {"config": config, "state_dict": model.state_dict()}
 
 
@@ -75,7 +54,6 @@ def train_clip(config: dict, pool: Callable[[], tuple[np.ndarray, list[str], np.
     picture under several corruptions: hard negatives, so the text side learns the corruptions
     and not only the classes)."""
     import open_clip
-    from open_clip.loss import ClipLoss
 
     from vbugs_ray.toyworld import clip as toyclip
 
@@ -94,21 +72,12 @@ def train_clip(config: dict, pool: Callable[[], tuple[np.ndarray, list[str], np.
     ends = np.r_[starts[1:], len(groups)]
     per_batch = max(1, config["batch_size"] // int(np.max(ends - starts)))
     rng = np.random.default_rng([config["seed"], 31])
-    loss_fn = ClipLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config["lr"], total_steps=config["steps"], pct_start=0.1)
-    model.train()
-    for step in range(config["steps"]):
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         chosen = rng.choice(len(starts), min(per_batch, len(starts)), replace=False)
         idx = np.concatenate([np.arange(starts[g], ends[g]) for g in chosen])
-        out = model(toyclip.preprocess(images[idx], size, mean, std), tokenizer([captions[i] for i in idx]))
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % max(1, config["steps"] // 5) == 0:
-            progress(f"data CLIP: step {step + 1}/{config['steps']} loss {float(loss.detach()):.3f} "
-                     f"({time.time() - t0:.0f}s)")
-    model.eval()
+        return toyclip.preprocess(images[idx], size, mean, std), tokenizer([captions[i] for i in idx])
+
+    toyclip.fit_contrastive(model, batch, config["steps"], config["lr"], lambda line: progress(f"data CLIP: {line}"),
+                            t0, every=5)
     return model.state_dict()

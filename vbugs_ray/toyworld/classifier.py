@@ -165,12 +165,20 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
     progress(f"toy classifier: rendered {len(props)} biased training images in {time.time() - t0:.1f}s")
 
     model = ToyCNN(len(config["classes"]))
-    steps = config["epochs"] * ((len(x) + 127) // 128)
+    fit(model, x, labels, config["epochs"], config["seed"], lambda line: progress(f"toy classifier: {line}"), t0)
+    return {"config": config, "state_dict": model.state_dict()}
+
+
+def fit(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int,
+        progress: Callable[[str], None], t0: float) -> None:
+    """Cross-entropy training in shuffled batches of 128 (AdamW, one-cycle learning rates), a
+    progress line per epoch; leaves the model in eval mode."""
+    steps = epochs * ((len(x) + 127) // 128)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    gen = torch.Generator().manual_seed(config["seed"])
+    gen = torch.Generator().manual_seed(seed)
     model.train()
-    for epoch in range(config["epochs"]):
+    for epoch in range(epochs):
         order = torch.randperm(len(x), generator=gen)
         total, correct = 0.0, 0
         for i in range(0, len(x), 128):
@@ -183,10 +191,9 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
             sched.step()
             total += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == labels[idx]).sum())
-        progress(f"toy classifier: epoch {epoch + 1}/{config['epochs']} loss {total / len(x):.3f} "
-                 f"train acc {correct / len(x):.3f} ({time.time() - t0:.0f}s)")
+        progress(f"epoch {epoch + 1}/{epochs} loss {total / len(x):.3f} train acc {correct / len(x):.3f} "
+                 f"({time.time() - t0:.0f}s)")
     model.eval()
-    return {"config": config, "state_dict": model.state_dict()}
 
 
 def weights_path(config: dict, progress: Callable[[str], None] = print):

@@ -120,7 +120,6 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
     change few pixels (clutter, size) barely move a loss that class and colour already settle.
     """
     import open_clip
-    from open_clip.loss import ClipLoss
 
     register_config()
     torch.manual_seed(config["seed"])
@@ -140,14 +139,11 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
         images[i:i + 8192] = renderer.render(props[i:i + 8192], seeds[i:i + 8192], res)
     progress(f"toy CLIP: rendered {len(props)} training images in {time.time() - t0:.1f}s")
 
-    loss_fn = ClipLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.1, fused=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config["lr"], total_steps=config["steps"], pct_start=0.1)
-    model.train()
     per_batch = config["batch_size"] // group  # whole groups: 42 of 3 for batch_size 128
     n_groups = len(props) // group
     keep = config["caption_keep"]
-    for step in range(config["steps"]):
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         starts = rng.choice(n_groups, per_batch, replace=False) * group
         idx = (starts[:, None] + np.arange(group)[None]).ravel()
         captions = []
@@ -155,17 +151,33 @@ def train(config: dict, progress: Callable[[str], None] = print) -> dict:
             named = {p for p in renderer.PROPERTIES if p in ("class", varied[start]) or rng.random() < keep}
             captions += [renderer.describe({k: v for k, v in props[i].items() if k in named})
                          for i in range(start, start + group)]
-        out = model(preprocess(images[idx], size, mean, std), tokenizer(captions))
+        return preprocess(images[idx], size, mean, std), tokenizer(captions)
+
+    fit_contrastive(model, batch, config["steps"], config["lr"], lambda line: progress(f"toy CLIP: {line}"), t0,
+                    every=10)
+    return model.state_dict()
+
+
+def fit_contrastive(model, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float,
+                    progress: Callable[[str], None], t0: float, every: int = 10) -> None:
+    """open_clip's contrastive loss over ``steps`` batches of (images, tokens) from ``batch()``
+    (AdamW, one-cycle learning rates), a progress line ``every`` tenth; leaves the model in eval mode."""
+    from open_clip.loss import ClipLoss
+
+    loss_fn = ClipLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, fused=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    for step in range(steps):
+        out = model(*batch())
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if (step + 1) % max(1, config["steps"] // 10) == 0:
-            progress(f"toy CLIP: step {step + 1}/{config['steps']} loss {float(loss.detach()):.3f} "
-                     f"({time.time() - t0:.0f}s)")
+        if (step + 1) % max(1, steps // every) == 0:
+            progress(f"step {step + 1}/{steps} loss {float(loss.detach()):.3f} ({time.time() - t0:.0f}s)")
     model.eval()
-    return model.state_dict()
 
 
 def checkpoint_path(config: dict, progress: Callable[[str], None] = print) -> Path:
