@@ -98,20 +98,19 @@ def test_dataset_audit_finds_the_planted_metadata_bug_and_not_the_null_one(digit
 @pytest.mark.trains
 def test_digits_corruption_job_on_ray(ray_session, tmp_path):
     data = load_spec(JOBS / "digits_corruptions.yaml").to_dict()
-    data["images_per_cell"] = 12
     data["embedder"]["options"] = {"steps": 150, "pool": 3000}
-    data["verify"] = {"images_per_hypothesis": 60, "max_hypotheses": 8}
-    data["run"]["shard_rows"] = 1024
+    data["verify"] = {"images_per_hypothesis": 30, "max_hypotheses": 8}
+    data["run"]["shard_rows"] = 256
     report = audit(parse_spec(data), tmp_path / "run", progress=lambda _: None)
 
-    assert report["n_images"] == 10 * 7 * 3 * 12
+    assert report["n_images"] == 10 * 7 * 2 * 4
     assert json.loads((tmp_path / "run" / "loads.json").read_text()) == {"generator": 1, "embedder": 1,
                                                                          "classifier": 1}
     top = [dict(s["predicates"]) for s in report["flagged_slices"][:5]]
     assert any("corruption" in p for p in top)
     assert report["verified_bugs"], "a CNN trained on clean digits fails under some corruption"
     for bug in report["verified_bugs"]:
-        assert bug["n"] <= round(0.4 * 92)  # at most a digit's held-out test images (of <= 92), each once
+        assert bug["n"] <= round(0.3 * 92)  # at most a digit's held-out test images (of <= 92), each once
     assert (tmp_path / "run" / "report.html").stat().st_size > 10_000
 
 
@@ -134,7 +133,7 @@ def test_fashion_mnist_job_as_shipped(tmp_path):
                            "--out", str(run_dir)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["n_images"] == 12600 and report["read_from_dataset"]
+    assert report["n_images"] == 6300 and report["read_from_dataset"]
     assert len(report["flagged_slices"]) >= 5 and len(report["verified_bugs"]) >= 3
     named = [dict(s["predicates"]) for s in report["flagged_slices"]]
     assert any(p.get("corruption") and p.get("severity") for p in named)

@@ -241,10 +241,13 @@ def test_corruption_grid_pairs_images_and_verification_holds_them_out():
     spec = validate_backends(parse_spec(_corruption_spec()))
     rows = audit_rows(spec)
     assert rows.num_rows == 10 * 4 * 6
-    by_cell = {}
+    by_class: dict[str, list] = {}
     for row in rows.to_pylist():
-        by_cell.setdefault((row["class"], row["replicate"]), set()).add(row["source"])
-    assert all(len(s) == 1 for s in by_cell.values())  # one image per (class, replicate) across the cells
+        by_class.setdefault(row["class"], []).append(row["source"])
+    assert all(len(set(keys)) == len(keys) == 24 for keys in by_class.values())  # a row never reuses an image
+    with pytest.raises(SpecError, match=r"class '0' needs 400 images .* has 6[0-9] audited ones; lower it \(at most "
+                                        r"1[0-9] per cell\)"):
+        audit_rows(validate_backends(parse_spec(_corruption_spec(images_per_cell=100))))
     batch = {n: rows.column(n).to_numpy(zero_copy_only=False) for n in rows.column_names}
     out = GenerateStage(spec)({k: v[:8] for k, v in batch.items()})
     assert out["image"].shape == (8, 16, 16, 3) and all(out["valid"])
@@ -269,6 +272,9 @@ def test_corruption_grid_pairs_images_and_verification_holds_them_out():
      "generator.options.source.path", "no folder at"),
     ({"generator": {"backend": "corruptions", "options": {"source": {"format": "digits"}, "held_out": 0}},
       "verify": {}}, "generator.options.held_out", "verification has no image the audit did not see"),
+    ({"verify": {"replicate": True}}, "verify.replicate", "held-out images are one sample"),
+    ({"generator": {"backend": "corruptions", "options": {"source": {"format": "digits", "split": "train"}}}},
+     "generator.options.source.split", "audited on its own training images"),
 ])
 def test_bad_dataset_specs_are_one_line_errors(change, field, words):
     with pytest.raises(SpecError) as err:
@@ -306,3 +312,42 @@ def test_a_resumed_dataset_run_refuses_changed_data(image_folder, tmp_path):
     (image_folder / "cat" / "0.png").unlink()
     with pytest.raises(RunStoreError, match="holds rows read from other data"):
         generate_rows(parse_spec(_dataset_spec(str(image_folder))), tmp_path / "run", progress=lines.append)
+
+
+def test_dataset_sources_refuse_what_they_cannot_slice(tmp_path):
+    from vbugs_ray.datasets.sources import forget
+
+    def check(data):  # each run reads its dataset afresh (the flow forgets the last listing; so does this test)
+        forget()
+        return validate_backends(parse_spec(data))
+
+    rng = np.random.default_rng(4)
+    plain = tmp_path / "plain"
+    for c in CLASSES:
+        (plain / c).mkdir(parents=True)
+        for i in range(3):
+            (plain / c / f"{i}.png").write_bytes(_png(rng))
+    with pytest.raises(SpecError, match="no metadata column to slice on"):
+        check(_dataset_spec(str(plain)))
+    (plain / "metadata.csv").write_text("file_name,label\ncat/0.png,x\n")
+    with pytest.raises(SpecError, match="column 'label' is a name vbugs gives its own columns"):
+        check(_dataset_spec(str(plain)))
+    (plain / "metadata.csv").write_text("file_name,lens\ncat/0.png,x\ncat/0.png,y\n")
+    with pytest.raises(SpecError, match="lists an image twice"):
+        check(_dataset_spec(str(plain)))
+    (plain / "metadata.csv").write_text("file_name,lens,empty\n" + "".join(
+        f"{c}/{i}.png,{'xy'[i % 2]},\n" for c in CLASSES for i in range(3)))
+    spec = check(_dataset_spec(str(plain)))
+    assert spec.axis_names == ("lens",)  # an all-empty column is no axis
+
+    pq.write_table(pa.table({"image": pa.array([_png(rng)] * 4), "label": [0.0, 1.0, 2.0, 7.0],
+                             "site": ["a", "b", "a", "b"]}), tmp_path / "floats.parquet")
+    spec = _dataset_spec(str(tmp_path / "floats.parquet"))
+    spec["generator"]["options"]["source"]["format"] = "parquet"
+    rows = audit_rows(check(spec))
+    labels = dict(zip(rows.column("label").to_pylist(), rows.column("class").to_pylist()))
+    assert labels.get(-1) == "7" and set(labels.values()) - {"7"} <= set(CLASSES)  # whole floats index the classes
+    pq.write_table(pa.table({"image": pa.array([_png(rng)] * 2), "label": ["bird", "cow"], "site": ["a", "b"]}),
+                   tmp_path / "floats.parquet")
+    with pytest.raises(SpecError, match="label_column.*no label of the source is one of the spec's classes"):
+        check(spec)

@@ -41,7 +41,8 @@ class ClipFilter:
                 reasons[i].append("class_rank")
         shift = np.full(n, np.inf)
         for name, index, texts in self.axes:
-            values = np.array([index[str(v)] for v in batch[name]], np.int64)
+            # a value not on the axis (a dataset row missing it, already marked invalid) is scored as the first
+            values = np.array([index.get(str(v), 0) for v in batch[name]], np.int64)
             sims = np.einsum("nd,nd->n", image_embeddings, texts[values])
             shift = np.minimum(shift, sims)
             if fs.min_shift_similarity is not None:

@@ -296,6 +296,10 @@ def _verify_run(run_dir: str | Path, spec_dict: dict | None, progress: Progress)
     spec = validate_backends(parse_spec(spec_dict or store.load_spec_dict(), source=str(store.spec_path)))
     if spec.verify is None:
         raise SpecError("verify", "is false in this run's spec; set verify: {} (or its options) to verify")
+    if store.data_key() is not None and store.data_key() != data_key(audit_rows(spec)):
+        # the held-out share is drawn from the listing: other data could hold out images the audit saw
+        raise RunStoreError(f"{store.root} holds rows read from other data (the dataset's files, labels or metadata "
+                            "changed since the audit); audit again into another --out")
     if not store.report_path.exists():
         find_slices(run_dir, spec.to_dict(), progress, caption=False, html=False)
     report = json.loads(store.report_path.read_text())

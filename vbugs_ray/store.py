@@ -168,6 +168,10 @@ class RunStore:
         except (OSError, ValueError) as exc:
             raise RunStoreError(f"{self.spec_path} cannot be read ({exc}); use another --out or delete the folder") from None
 
+    def data_key(self) -> str | None:
+        """The hash of the data its rows were read from (a dataset generator's run), else None."""
+        return self._held().get("data") if self.spec_path.exists() else None
+
     def load_spec_dict(self) -> dict:
         if not self.spec_path.exists():
             raise RunStoreError(f"{self.root} is not a run directory (no spec.json); run `vbugs audit` first")

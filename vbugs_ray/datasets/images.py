@@ -30,5 +30,6 @@ def decode(data: bytes, size: int, name: str) -> np.ndarray | str:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return to_rgb(image, size)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # PIL raises all of these
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL raises all of these for data that is not a (sane) image
         return cut(one_line(f"{name}: {type(exc).__name__}: {exc}"), 200)

@@ -28,8 +28,15 @@ DATA_REASONS = (UNKNOWN_LABEL, MISSING_METADATA, NO_IMAGE)
 
 
 def class_of(raw: pa.ChunkedArray, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(class name or the raw label as text, label index or -1, data_error) per item."""
+    """(class name or the raw label as text, label index or -1, data_error) per item. An integer
+    label (or a float holding one) indexes the spec's classes; a text label names one."""
     names = np.asarray(classes, dtype=object)
+    if pa.types.is_floating(raw.type):
+        values = raw.to_numpy(zero_copy_only=False)
+        if np.all(np.isnan(values) | (values == np.round(values))):
+            raw = pa.chunked_array([pa.array(np.where(np.isnan(values), None, values).tolist(), pa.int64())])
+        else:
+            raw = pc.cast(raw, pa.string())
     if pa.types.is_integer(raw.type):
         values = pc.fill_null(raw, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         known = (values >= 0) & (values < len(classes))
@@ -47,11 +54,13 @@ def class_of(raw: pa.ChunkedArray, classes: tuple[str, ...]) -> tuple[np.ndarray
 
 
 def metadata_columns(listing: pa.Table, chosen: tuple[str, ...] | None) -> list[str]:
-    """The listing's metadata columns to use as axes: ``chosen``, or every one a slice can name."""
+    """The listing's metadata columns to use as axes: ``chosen``, or every one a slice can name
+    that holds a value (an all-empty column says nothing)."""
     found = [c for c in listing.column_names if c not in ("source", "raw_label")]
     if chosen is not None:
         return list(chosen)
-    return [c for c in found if searchable(listing.schema.field(c).type)]
+    return [c for c in found if searchable(listing.schema.field(c).type)
+            and not pa.types.is_null(listing.schema.field(c).type) and listing.column(c).null_count < listing.num_rows]
 
 
 def axis_values(column: pa.ChunkedArray, max_values: int, n_bins: int) -> tuple[np.ndarray, list[str], np.ndarray]:

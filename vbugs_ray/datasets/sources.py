@@ -162,16 +162,29 @@ class ImageFolder:
         return out
 
 
+OWN_COLUMNS = ("source", "raw_label", "class", "label", "held_out", "data_error")  # what a listing adds
+
+
+def _check_own(names: list[str], where: str) -> None:
+    clash = [c for c in names if c in OWN_COLUMNS]
+    if clash:
+        raise SpecError(where, f"column {clash[0]!r} is a name vbugs gives its own columns "
+                               f"({', '.join(OWN_COLUMNS)}); rename it in the data")
+
+
 def _join_metadata(table: pa.Table, metadata: pa.Table | None) -> pa.Table:
     """The listing with the metadata rows of its files (left join on file_name: an image the
     metadata does not list gets nulls, marked missing later)."""
     if metadata is None:
         return table
-    clash = [c for c in metadata.column_names if c in ("source", "raw_label")]
-    if clash:
-        raise SpecError(f"{WHERE}.metadata", f"metadata column {clash[0]!r} is a name vbugs uses; rename it")
-    metadata = metadata.set_column(metadata.column_names.index("file_name"), "file_name",
-                                   pc.cast(metadata.column("file_name"), pa.string()))
+    _check_own(metadata.column_names, f"{WHERE}.path")
+    names = pc.cast(metadata.column("file_name"), pa.string())
+    if pc.count_distinct(names).as_py() != len(names):
+        raise SpecError(f"{WHERE}.path", "the metadata file lists an image twice (file_name); keep one row per image")
+    metadata = metadata.set_column(metadata.column_names.index("file_name"), "file_name", names)
+    for i, field in enumerate(metadata.schema):  # an all-empty column reads as type null, which Arrow cannot join
+        if pa.types.is_null(field.type):
+            metadata = metadata.set_column(i, field.name, pa.nulls(metadata.num_rows, pa.string()))
     order = pa.array(np.arange(table.num_rows))
     joined = table.append_column("_order", order).join(metadata, "file_name", join_type="left outer")
     return joined.sort_by("_order").drop_columns(["_order"])
@@ -216,24 +229,26 @@ class ParquetImages:
                     table = pq.read_table(f, columns=[c for c in names if c != o.image_column])
             except (pa.ArrowInvalid, OSError) as exc:
                 raise SpecError(f"{WHERE}.path", f"cannot read {path} ({cut(one_line(str(exc)), 100)})") from None
+            _check_own([c for c in table.column_names if c != o.label_column], f"{WHERE}.path")
             keys = pa.array([f"{path}#{i}" for i in range(table.num_rows)])
-            label = pc.cast(table.column(o.label_column), pa.string()) if not pa.types.is_integer(
-                table.column(o.label_column).type) else table.column(o.label_column)
+            label = table.column(o.label_column)
+            if not (pa.types.is_integer(label.type) or pa.types.is_floating(label.type)):
+                label = pc.cast(label, pa.string())  # numbers index the classes (rows.class_of), text names them
             table = table.drop_columns([o.label_column])
             parts.append(pa.table({"source": keys, "raw_label": label,
                                    **{n: table.column(n) for n in table.column_names}}))
         return pa.concat_tables(parts, promote_options="permissive")
 
     def read(self, keys: list[str]) -> list[np.ndarray | str]:
-        out = []
-        for key in keys:
-            path, _, row = key.rpartition("#")
+        out: list = [None] * len(keys)
+        for i in sorted(range(len(keys)), key=lambda i: keys[i].rpartition("#")[0]):  # each file's rows together
+            path, _, row = keys[i].rpartition("#")
             try:
                 value = self._row(path, int(row))
-            except (OSError, pa.ArrowInvalid, IndexError) as exc:
-                out.append(cut(one_line(f"{key}: {exc}"), 200))
+            except (OSError, pa.ArrowInvalid, IndexError, ValueError) as exc:
+                out[i] = cut(one_line(f"{keys[i]}: {exc}"), 200)
                 continue
-            out.append(self._image(value, path, key))
+            out[i] = self._image(value, path, keys[i])
         return out
 
     def _row(self, path: str, row: int) -> Any:
@@ -380,6 +395,27 @@ def listing(options: SourceOptions) -> pa.Table:
         split = pc.cast(table.column(options.split_column), pa.string())
         table = table.filter(pc.fill_null(pc.equal(split, options.split), False)).drop_columns([options.split_column])
     return table.slice(0, options.limit) if options.limit else table
+
+
+def table_key(table: pa.Table) -> str:
+    """A short hash of a table's contents (its Arrow IPC stream)."""
+    import hashlib
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()[:16]
+
+
+def fingerprint(options: SourceOptions) -> str:
+    """What a model trained on the source depends on: its listings (keys, labels, metadata) of
+    the audited split and, when it has one, the training split; part of the models' cache keys."""
+    import dataclasses
+
+    parts = [table_key(listing(options))]
+    if has_splits(options):
+        parts.append(table_key(listing(dataclasses.replace(options, split="train", limit=None))))
+    return "-".join(parts)
 
 
 def has_splits(options: SourceOptions) -> bool:

@@ -18,8 +18,12 @@ Progress = Callable[[str], None]
 
 
 def classifier_config(source, classes, epochs: int, seed: int, width: int) -> dict:
+    """The cache key of a data classifier: how the source is read, what it holds, the training run."""
+    from vbugs_ray.datasets.sources import fingerprint
+
     return {"model": "ToyCNN-data-v1", "source": {"format": source.format, "path": source.path, "size": source.size,
-                                                  "split_column": source.split_column},
+                                                  "split_column": source.split_column, "label": source.label_column,
+                                                  "image": source.image_column, "data": fingerprint(source)},
             "classes": list(classes), "epochs": epochs, "seed": seed, "width": width}
 
 

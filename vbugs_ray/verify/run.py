@@ -19,6 +19,7 @@ import shutil
 import time
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -128,6 +129,11 @@ class Verification:
 
     def _generate(self, folder: str, table: pa.Table, executor, progress: Progress) -> dict:
         """The folder's rows (generated first where missing), as the columns ``arms_of`` reads."""
+        axes = self.spec.axis_names
+        if table.num_rows == 0:  # every arm empty: a dataset holding no held-out image of what it describes
+            return {**{axis: np.zeros(0, str) for axis in axes}, "row_id": np.zeros(0, np.int64),
+                    "hypothesis": np.zeros(0, str), "pred": np.zeros(0, str), "valid": np.zeros(0, bool),
+                    "error": np.zeros(0, bool)}
         shard_rows = self.spec.run.shard_rows
         first_row_id = int(table.column("row_id")[0].as_py())
         rounds = RunStore(self.root / folder, planned=plan_ranges(first_row_id, table.num_rows, shard_rows))
@@ -140,7 +146,6 @@ class Verification:
             with open_bar(progress, name, sum(stop - start for _, start, stop in pending), unit="img") as bar:
                 executor().run(table, rounds, pending, lambda shard, rows: None if bar.live else progress(
                     f"{name}: shard {shard + 1}/{len(shards)} written ({rows} rows)"), bar.update)
-        axes = self.spec.axis_names
         rows = rounds.read(columns=["row_id", "hypothesis", "pred", "valid", "error", *axes])
         return {**{axis: rows.column(axis).to_numpy(zero_copy_only=False).astype(str) for axis in axes},
                 "row_id": rows.column("row_id").to_numpy(),
@@ -204,7 +209,7 @@ class Verification:
                         break
                     tests, table = planned
                     used.update(table.column("seed").to_numpy().tolist())
-                    next_row = int(pc.max(table.column("row_id")).as_py()) + 1
+                    next_row = int(pc.max(table.column("row_id")).as_py()) + 1 if table.num_rows else next_row
                     t0 = time.time()
                     columns = self._generate(f"round-{index}", table, executor, progress)
                     generated += table.num_rows

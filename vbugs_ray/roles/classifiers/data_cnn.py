@@ -50,7 +50,9 @@ class DataCNNClassifier:
 
     @classmethod
     def check(cls, options, spec) -> None:
-        source_of(spec, "classifier")
+        if source_of(spec, "classifier").split == "train":
+            raise SpecError("generator.options.source.split", "is train, the split data_cnn trains on: the model would "
+                                                              "be audited on its own training images; audit test")
 
     @classmethod
     def prepare(cls, options, spec, progress=print) -> list:

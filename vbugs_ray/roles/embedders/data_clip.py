@@ -24,8 +24,12 @@ from vbugs_ray.toyworld import clip as toyclip
 
 
 def _config(options, spec) -> dict:
+    from vbugs_ray.datasets.sources import fingerprint
+    from vbugs_ray.roles import registry
+
     data = spec.to_dict()
-    return {"model": "data-clip-v2", "tower": toyclip.MODEL_NAME, "generator": data["generator"]["backend"],
+    source = registry.options_of("generator", spec.generator).source
+    return {"model": "data-clip-v2", "data": fingerprint(source), "tower": toyclip.MODEL_NAME, "generator": data["generator"]["backend"],
             "options": data["generator"]["options"], "classes": data["classes"], "axes": data["axes"],
             "prompt": spec.prompt, "seed": spec.seed, "train_seed": options.seed, "steps": options.steps,
             "pool": options.pool, "batch_size": 126, "lr": 2e-3}

@@ -20,7 +20,7 @@ import pyarrow as pa
 from vbugs_ray.datasets import rows as datarows
 from vbugs_ray.datasets.rows import DATA_ERROR
 from vbugs_ray.datasets.images import UNREADABLE
-from vbugs_ray.datasets.sources import SourceOptions, listing, open_source, per_process
+from vbugs_ray.datasets.sources import WHERE, SourceOptions, listing, open_source, per_process
 from vbugs_ray.errors import SpecError
 from vbugs_ray.fields import REQUIRED, option, parse_options
 
@@ -39,6 +39,10 @@ def items(source: SourceOptions, classes: tuple[str, ...], held_out: float, seed
     """The source's items with their class, label, data_error and whether they are held out."""
     table = listing(source)
     shown, label, errors = datarows.class_of(table.column("raw_label"), classes)
+    if table.num_rows and (label < 0).all():
+        seen = ", ".join(sorted({str(v) for v in shown})[:4])
+        raise SpecError(f"{WHERE}.label_column", f"no label of the source is one of the spec's classes (it has {seen}...; "
+                                                 "an integer label indexes classes, a text label names one)")
     keys = table.column("source").to_pylist()
     held = datarows.held_out_mask(keys, label, held_out, seed)
     return (table.append_column("class", pa.array(shown.tolist(), pa.string()))
@@ -60,6 +64,9 @@ class ReadingGenerator:
     @classmethod
     def check(cls, options, spec) -> None:
         open_source(options.source).check()
+        if spec.verify is not None and spec.verify.replicate:
+            raise SpecError("verify.replicate", "a dataset's held-out images are one sample: a second round on them "
+                                                "would replicate nothing; set replicate: false")
         if spec.verify is not None and options.held_out == 0:
             raise SpecError("generator.options.held_out", "is 0, so verification has no image the audit did not see; "
                                                           "hold out a share (0.3) or set verify: false")

@@ -3,9 +3,9 @@
 Options: ``source`` and ``held_out`` as for ``dataset``. The spec's axes are ``corruption``
 (names from vbugs_ray.datasets.corruptions: gaussian_blur, gaussian_noise, brightness, contrast,
 rotation, jpeg, occlusion; each value's words are its prompt phrase) and ``severity`` (1 to 5).
-Each grid row's image is the ``replicate``-th audited image of its class (so every corruption
-and severity is applied to the same images: a paired design), corrupted deterministically by its
-seed. A flagged (class, corruption, severity) is verified by corrupting held-out images of the class.
+Every grid row shows a different audited image of its class (rows are independent draws, as the
+slice search's tests assume; a spec asking for more rows of a class than it has images is
+refused), corrupted deterministically by the row's seed. A flagged (class, corruption, severity) is verified by corrupting held-out images of the class.
 """
 
 from __future__ import annotations
@@ -66,19 +66,25 @@ class CorruptionsGenerator(ReadingGenerator):
 
     @classmethod
     def grid(cls, options, spec) -> pa.Table:
-        """The spec's grid; each row's image is its class's ``replicate``-th audited image (cycling
-        when a cell asks for more images than the class has)."""
+        """The spec's grid; every row of a class shows a different audited image of it (a shuffle
+        of the class's audited share), so rows are independent draws, as the slice search's tests
+        assume: the same image under several corruptions would count as several observations."""
         grid = build_grid(spec)
         audit, _, keys = _pools(options, spec)
-        classes = grid.column("class").to_pylist()
-        replicate = grid.column("replicate").to_numpy()
-        source, errors = [], []
-        for c, r in zip(classes, replicate):
-            pool = audit[c]
-            source.append(str(keys[pool[r % len(pool)]]) if len(pool) else "")
-            errors.append("" if len(pool) else f"{datarows.NO_IMAGE}: the source has no audited image of {c!r}")
-        return grid.append_column("source", pa.array(source, pa.string())).append_column(
-            DATA_ERROR, pa.array(errors, pa.string()))
+        classes = np.asarray(grid.column("class").to_pylist(), dtype=object)
+        source = np.full(grid.num_rows, "", dtype=object)
+        for i, c in enumerate(spec.classes):
+            rows = np.flatnonzero(classes == c)
+            if len(rows) > len(audit[c]):
+                per_cell = len(audit[c]) // int(np.prod([len(a.values) for a in spec.axes]))
+                raise SpecError("images_per_cell" if spec.images_per_cell else "budget",
+                                f"class {c!r} needs {len(rows)} images (one per row: a row never reuses an image) "
+                                f"and the source has {len(audit[c])} audited ones; lower it (at most {per_cell} per "
+                                f"cell), lower generator.options.held_out, or list fewer corruptions or severities")
+            order = np.random.default_rng([spec.seed, 8181, i]).permutation(audit[c])
+            source[rows] = keys[order[: len(rows)]]
+        return grid.append_column("source", pa.array(source.tolist(), pa.string())).append_column(
+            DATA_ERROR, pa.array([""] * grid.num_rows, pa.string()))
 
     @classmethod
     def held_out_rows(cls, options, spec, class_name: str, predicates: dict, excluded: tuple, n: int,

@@ -46,6 +46,8 @@ def _metadata(options, classes: tuple[str, ...], seed: int, max_values: int, n_b
     axes, text = [], {}
     for name in names:
         values, levels, missing = datarows.axis_values(table.column(name), max_values, n_bins)
+        if not levels:
+            raise SpecError(f"{WHERE}.metadata", f"column {name!r} holds no value; leave it out of source.metadata")
         text[name] = values
         axes.append(Axis(name, tuple(levels), tuple(f"{name} {v}" for v in levels)))
         errors = np.where((errors == "") & missing, f"{datarows.MISSING_METADATA}: no {name}", errors)
@@ -56,10 +58,11 @@ def _of(options, spec):
     return _metadata(options, spec.classes, spec.seed, spec.search.max_values, spec.search.n_bins)
 
 
-def _cells(labels: np.ndarray, digits: list[np.ndarray], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _cells(labels: np.ndarray, digits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(cell, replicate) per row: the (class, axis values) combination's number (-1 for a row
     without a known class) and the row's rank among its cell's rows."""
-    cells = np.ravel_multi_index([np.maximum(labels, 0), *digits], sizes) if len(labels) else np.zeros(0, np.int64)
+    combos = np.stack([np.maximum(labels, 0), *digits], axis=1) if len(labels) else np.zeros((0, 1), np.int64)
+    cells = np.unique(combos, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)  # no product of sizes
     cells = np.where(labels >= 0, cells, -1).astype(np.int64)
     order = np.argsort(cells, kind="stable")
     starts = np.r_[0, np.flatnonzero(np.diff(cells[order])) + 1] if len(cells) else np.zeros(0, np.int64)
@@ -79,7 +82,11 @@ class DatasetGenerator(ReadingGenerator):
     @classmethod
     def axes_from_data(cls, options, spec) -> tuple[Axis, ...]:
         super().check(options, spec)
-        return _of(options, spec)[0]
+        axes = _of(options, spec)[0]
+        if not axes:
+            raise SpecError(f"{WHERE}.metadata", "the source has no metadata column to slice on (a column besides the "
+                                                 "image and the label); add metadata, or audit it under corruptions")
+        return axes
 
     @classmethod
     def grid(cls, options, spec) -> pa.Table:
@@ -90,7 +97,7 @@ class DatasetGenerator(ReadingGenerator):
         labels = table.column("label").to_numpy()[audit]
         digits = [np.asarray([{v: i for i, v in enumerate(a.values)}.get(v, 0) for v in text[a.name][audit]], np.int64)
                   for a in axes]
-        cells, replicate = _cells(labels, digits, [len(spec.classes), *(len(a.values) for a in axes)])
+        cells, replicate = _cells(labels, digits)
         classes = np.asarray(table.column("class").to_pylist(), dtype=object)[audit]
         class_words = dict(zip(spec.classes, spec.class_phrases))
         words = {"class": [class_words.get(c, c) for c in classes],
