@@ -47,6 +47,8 @@ def _summary(report: dict, spec: dict, run_dir: Path) -> dict:
         "valid": generated - invalid,
         "invalid": invalid,
         "read": bool(report.get("read_from_dataset")),  # a dataset's images: read, not generated
+        # what verification saw: images made for it, or a dataset's held-out images
+        "fresh": "held-out images" if report.get("read_from_dataset") else "fresh images",
         "invalid_reasons": ", ".join(f"{k}: {v}" for k, v in filtered.get("invalid_reasons", {}).items()),
         "fresh_images": verification.get("images_generated"),
         "base_error_rate": report["base_error_rate"],
@@ -125,6 +127,7 @@ def _bug_cards(report: dict, run_dir: Path, spec: dict) -> list[dict]:
     rows = Rows(files, list(spec.get("axes", {})))
     hypotheses = {h["key"]: h for h in report.get("hypotheses", [])}
     ids, cards = {}, []
+    fresh = "held-out images" if report.get("read_from_dataset") else "fresh images"
     errors, arms, classes = rows.errors(), rows.column("arm"), rows.column("class")
     row_ids = rows.columns.get("row_id", np.zeros(0, int))
     for index, bug in enumerate(report["verified_bugs"][:MAX_CARDS], 1):
@@ -141,8 +144,8 @@ def _bug_cards(report: dict, run_dir: Path, spec: dict) -> list[dict]:
         ids[f"without{index}"] = rows.pick(without)
         captions, phrases = _phrases(hypotheses, [e["hypothesis"] for e in bug.get("evidence", [])] or [bug["hypothesis"]])
         cards.append({"index": index, "bug": bug, "captions": captions, "phrases": phrases,
-                      "without_label": f"fresh images of {bug.get('tested_against', bug['class'])}"
-                      if complement else f"fresh images of {bug['class']} without “{bug['description']}”",
+                      "without_label": f"{fresh} of {bug.get('tested_against', bug['class'])}"
+                      if complement else f"{fresh} of {bug['class']} without “{bug['description']}”",
                       "by_open_axis": _open_axes(bug.get("by_open_axis", {}))})
     tiles = rows.tiles(ids)
     for card in cards:
