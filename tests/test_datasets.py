@@ -351,3 +351,13 @@ def test_dataset_sources_refuse_what_they_cannot_slice(tmp_path):
                    tmp_path / "floats.parquet")
     with pytest.raises(SpecError, match="label_column.*no label of the source is one of the spec's classes"):
         check(spec)
+
+
+def test_an_arm_without_rows_is_never_verified():
+    """A dataset may hold no held-out image of what a hypothesis describes: its arm is empty,
+    its p-value 1, and it is not verified (nor does the round fail)."""
+    from vbugs_ray.verify.verdicts import judge_round
+
+    h = Hypothesis("3", (("corruption", "contrast"),))
+    verdict = judge_round([h], {}, 0.05, 1)[h.key]
+    assert verdict.n == 0 and verdict.p_value == 1.0 and not verdict.verified
