@@ -361,3 +361,12 @@ def test_an_arm_without_rows_is_never_verified():
     h = Hypothesis("3", (("corruption", "contrast"),))
     verdict = judge_round([h], {}, 0.05, 1)[h.key]
     assert verdict.n == 0 and verdict.p_value == 1.0 and not verdict.verified
+
+
+def test_a_value_named_other_and_the_rare_values_bucket_are_one_value():
+    from vbugs_ray.datasets.rows import axis_values
+
+    column = pa.chunked_array([pa.array(["other"] * 30 + [f"v{i}" for i in range(40)])])
+    text, levels, missing = axis_values(column, 5, 4)
+    assert levels == ["other", "v0", "v1", "v10"] and not missing.any()
+    assert set(text) == set(levels)

@@ -72,7 +72,8 @@ def axis_values(column: pa.ChunkedArray, max_values: int, n_bins: int) -> tuple[
     codes, labels = encode_column(column, max_values, n_bins)
     text = np.asarray(labels, dtype=object)[codes]
     missing = text == MISSING
-    return text, [v for v in labels if v != MISSING], missing
+    # a value literally called "other" and the bucket of the rare values share one name, and one value
+    return text, [v for v in dict.fromkeys(labels) if v != MISSING], missing
 
 
 def held_out_mask(keys: list[str], labels: np.ndarray, share: float, seed: int) -> np.ndarray:
