@@ -15,6 +15,26 @@ class Generator(Protocol):
         """One image per (prompt, seed); an image depends on its own prompt and seed only."""
 
 
+class ReadingGenerator(Protocol):
+    """A generator that reads a dataset instead of drawing (``reads_dataset = True``; see
+    roles.generators._reading): it plans its own rows, each naming the image it shows."""
+
+    reads_dataset: bool
+    shows_phrases: bool  # False: a free caption phrase is no test it can run
+
+    @classmethod
+    def grid(cls, options: Any, spec: Any) -> Any:
+        """The audit's rows (an Arrow table with ``source`` and ``data_error``), outside the held-out share."""
+
+    @classmethod
+    def held_out_rows(cls, options: Any, spec: Any, class_name: str, predicates: dict, excluded: tuple, n: int,
+                      rng: np.random.Generator) -> dict[str, list]:
+        """Up to ``n`` held-out images of the class showing the predicates: ``source`` and each axis."""
+
+    def generate_rows(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's images and, per row, why it has none ("" when it has one)."""
+
+
 class ClassMapLike(Protocol):
     classes: list[str]
     output_names: np.ndarray
