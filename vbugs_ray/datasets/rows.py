@@ -24,7 +24,6 @@ DATA_ERROR = "data_error"  # the column: why a row has no usable image or label 
 UNKNOWN_LABEL = "unknown_label"
 MISSING_METADATA = "missing_metadata"
 NO_IMAGE = "no_image"  # a planned row for which the source holds no image (a class without items)
-DATA_REASONS = (UNKNOWN_LABEL, MISSING_METADATA, NO_IMAGE)
 
 
 def class_of(raw: pa.ChunkedArray, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
