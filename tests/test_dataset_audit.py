@@ -140,3 +140,32 @@ def test_fashion_mnist_job_as_shipped(tmp_path):
     html = (run_dir / "report.html").read_text()
     assert html.count('class="gallery') >= 2 * len(report["verified_bugs"][:3])
     assert html.count("data:image/jpeg;base64") >= 20
+
+
+@pytest.mark.trains
+def test_a_sweep_over_a_dataset_reads_each_image_once_for_every_model(tmp_path):
+    """Two CNNs on the digits job's corrupted images: the first run reads and corrupts them, the
+    other scores the stored rows; both reports, and a comparison, come out."""
+    import yaml
+
+    from vbugs_ray.sweep import parse_sweep, run_sweep
+
+    audit = yaml.safe_load((JOBS / "digits_corruptions.yaml").read_text())
+    audit.update(verify=False, captioner=None)
+    audit["embedder"]["options"] = {"steps": 20, "pool": 300}
+    audit["run"] = {"executor": "local", "shard_rows": 256}
+    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(audit))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "digits-sweep", "audit": "audit.yaml", "output_dir": str(tmp_path / "sweep"),
+        "classifiers": {"narrow": {"backend": "data_cnn", "options": {"epochs": 1, "width": 8}},
+                        "wide": {"backend": "data_cnn", "options": {"epochs": 4, "width": 32}}}}))
+    result = run_sweep(parse_sweep(tmp_path / "sweep.yaml"), progress=lambda _: None)
+    root = tmp_path / "sweep"
+    assert json.loads((root / "wide" / "loads.json").read_text()) == {"generator": 0, "embedder": 0, "classifier": 1}
+    columns = ["row_id", "source", "image_png"]
+    narrow = pq.read_table(root / "narrow" / "rows", columns=columns).sort_by("row_id")
+    wide = pq.read_table(root / "wide" / "rows", columns=columns).sort_by("row_id")
+    assert narrow.num_rows == 560 and narrow.equals(wide)  # the same images, read once, scored twice
+    assert list(result["classifiers"]) == ["narrow", "wide"] and result["slices"]
+    contrast = next(row for row in result["slices"] if row["predicates"] == {"corruption": "contrast"})
+    assert contrast["models"]["narrow"]["n"] == contrast["models"]["wide"]["n"] == 80
