@@ -18,6 +18,7 @@ from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.datasets.rows import DATA_ERROR
 from vbugs_ray.datasets.sources import forget as forget_datasets
+from vbugs_ray.datasets.sources import table_key
 from vbugs_ray.errors import RunStoreError, SpecError
 from vbugs_ray.grid import audit_rows
 from vbugs_ray.pipeline import actor_needs, make_executor
@@ -64,18 +65,7 @@ def _generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress) -> 
 def data_key(grid) -> str | None:
     """For rows read from a dataset, a hash of which image each row reads and what it is said to
     show (a resumed run must read the same data); None for generated rows."""
-    if "source" not in grid.column_names:
-        return None
-    import hashlib
-
-    import pyarrow as pa
-
-    digest = hashlib.sha256()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, grid.schema) as writer:
-        writer.write_table(grid)
-    digest.update(sink.getvalue())
-    return digest.hexdigest()[:16]
+    return table_key(grid) if "source" in grid.column_names else None
 
 
 def _fill(spec: AuditSpec, grid, store: RunStore, progress: Progress) -> None:

@@ -196,7 +196,7 @@ class ParquetImages:
         if not options.path:
             raise SpecError(f"{WHERE}.path", "parquet needs the path of a Parquet file or folder")
         self.fs, self.root = _filesystem(options.path)
-        self._group_cache: dict = {}
+        self._file_column: dict = {}  # the image column of the file last read
 
     def _dataset(self):
         import pyarrow.dataset as pads
@@ -252,14 +252,14 @@ class ParquetImages:
         return out
 
     def _row(self, path: str, row: int) -> Any:
-        """The image cell of one row (row groups read once and kept: batches read neighbours)."""
+        """The image cell of one row (a file's image column read once while its rows are read)."""
         import pyarrow.parquet as pq
 
-        if path not in self._group_cache:
-            self._group_cache.clear()  # one file at a time: batches follow the listing's order
+        if path not in self._file_column:
+            self._file_column.clear()  # one file at a time: a batch's rows are read file by file
             with self.fs.open_input_file(path) as f:
-                self._group_cache[path] = pq.read_table(f, columns=[self.options.image_column]).column(0)
-        return self._group_cache[path][row].as_py()
+                self._file_column[path] = pq.read_table(f, columns=[self.options.image_column]).column(0)
+        return self._file_column[path][row].as_py()
 
     def _image(self, value: Any, path: str, key: str) -> np.ndarray | str:
         """Bytes, a {bytes, path} struct or a path (relative to the Parquet file's folder)."""
