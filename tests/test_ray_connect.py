@@ -170,6 +170,29 @@ def test_auto_names_the_cluster_ray_would_pick_with_ray_address_set_aside(monkey
         rayaddress.latest_cluster(rayaddress.RayAddress("auto", from_spec=True))
 
 
+def test_auto_joins_as_rays_own_auto_so_a_token_cluster_is_joined(monkeypatch):
+    """Ray joins with this machine's token (a head `ray start` made uses token authentication)
+    only for the address 'auto' with RAY_ADDRESS unset, never for an explicit host:port: so the
+    cluster 'auto' found is joined as 'auto', RAY_ADDRESS set aside, and put back after. An
+    explicit address is passed as it is."""
+    import ray
+
+    from vbugs_ray import raycluster
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(rayaddress, "latest_cluster",
+                        lambda a: rayaddress.RayAddress("192.0.2.7:6379", a.from_spec, given=a.text))
+    monkeypatch.setattr(rayaddress, "wait_until_reachable", lambda *a, **k: None)
+    monkeypatch.setattr(raycluster, "_ray_init", lambda **kw: calls.append((kw["address"], os.environ.get("RAY_ADDRESS"))))
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    assert raycluster.start_ray(RunSpec(), lambda line: None) == "joined"
+    assert calls == [("auto", None)] and os.environ["RAY_ADDRESS"] == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "192.0.2.8:6379")
+    raycluster.start_ray(RunSpec(), lambda line: None)
+    assert calls[1] == ("192.0.2.8:6379", "192.0.2.8:6379")
+
+
 def test_a_stale_ray_current_cluster_behind_auto_is_a_dead_address(monkeypatch):
     """What Ray's 'auto' finds in an old ray_current_cluster file is waited for like any
     address, and named (no other cluster running: Ray's fallback to one it finds is cut off)."""

@@ -43,11 +43,29 @@ def start_ray(run: RunSpec, progress: Progress) -> str | None:
     progress(f"joining the Ray cluster at {address}")
     with _deadline(rayaddress.join_deadline(timeout_s), address):
         try:
-            _ray_init(address=address.text, log_to_driver=False)
+            if address.given == "auto":
+                # Ray's own 'auto' (the cluster latest_cluster found, RAY_ADDRESS set aside as there):
+                # only for it does Ray join with this machine's token when one exists, and a head
+                # that `ray start` made uses token authentication; an explicit host:port never does
+                with _environ_without("RAY_ADDRESS"):
+                    _ray_init(address="auto", log_to_driver=False)
+            else:
+                _ray_init(address=address.text, log_to_driver=False)
         except ConnectionError as exc:
             raise address.error(f"could not join ({cut(one_line(str(exc)), 80)}); with token authentication, "
                                 "set RAY_AUTH_MODE=token") from None
     return "joined"
+
+
+@contextlib.contextmanager
+def _environ_without(name: str) -> Iterator[None]:
+    """``os.environ`` without ``name`` inside the block, as it was after."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
 
 
 def _ray_init(**kwargs) -> None:
