@@ -327,8 +327,9 @@ def test_dataset_sources_refuse_what_they_cannot_slice(tmp_path):
         (plain / c).mkdir(parents=True)
         for i in range(3):
             (plain / c / f"{i}.png").write_bytes(_png(rng))
-    with pytest.raises(SpecError, match="no metadata column to slice on"):
-        check(_dataset_spec(str(plain)))
+    bare = check(_dataset_spec(str(plain)))  # no metadata: a class-only audit
+    assert bare.axes == () and bare.prompt == "a photo of a {class}"
+    assert parse_spec(bare.to_dict()).axes == ()  # spec.json reads back
     (plain / "metadata.csv").write_text("file_name,label\ncat/0.png,x\n")
     with pytest.raises(SpecError, match="column 'label' is a name vbugs gives its own columns"):
         check(_dataset_spec(str(plain)))

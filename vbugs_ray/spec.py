@@ -207,9 +207,10 @@ AUTO_PROMPT = "a photo of a {class}"  # the prompt of `axes: auto` when none is 
 
 
 def _parse_axes(data: Any) -> tuple[Axis, ...]:
-    if not isinstance(data, Mapping) or not data:
+    """The axes; ``{}`` is none (a class-only audit: discovery and captions describe its failures)."""
+    if not isinstance(data, Mapping):
         raise SpecError("axes", "expected a mapping axis -> list of values (or value -> prompt phrase), "
-                                "or auto (a dataset generator's metadata columns)")
+                                "{} for none, or auto (a dataset generator's metadata columns)")
     axes = []
     for name, values in data.items():
         where = f"axes.{name}"

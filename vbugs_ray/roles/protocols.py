@@ -20,7 +20,6 @@ class ReadingGenerator(Protocol):
     roles.generators._reading): it plans its own rows, each naming the image it shows."""
 
     reads_dataset: bool
-    shows_phrases: bool  # False: a free caption phrase is no test it can run
 
     @classmethod
     def grid(cls, options: Any, spec: Any) -> Any:

@@ -63,20 +63,29 @@ def held_out_reader(spec: AuditSpec):
 
 
 def plan_round(spec: AuditSpec, tests: list[Hypothesis], base_classes: list[str], n: int, first_row_id: int,
-               used_seeds: set[int], round_index: int) -> pa.Table:
-    """The round's rows: ``n`` per hypothesis in ``tests`` and per class in ``base_classes``."""
-    arms = [(h.key, "hypothesis", h.class_name, dict(h.predicates), h.phrases, h.excluded) for h in tests]
+               used_seeds: set[int], round_index: int, phrase_rows=None) -> pa.Table:
+    """The round's rows: ``n`` per hypothesis in ``tests`` and per class in ``base_classes``.
+    On a dataset, an arm with free phrases is ``phrase_rows(hypothesis, n)``: held-out images
+    found by the embedder (``verify.retrieval``), with the seeds they were embedded under."""
+    arms = [(h.key, "hypothesis", h) for h in tests]
     refs = {h.reference.key: h.reference for h in tests if h.reference is not None}
-    arms += [(REF + key, "reference", ref.class_name, dict(ref.predicates), ref.phrases, ()) for key, ref in refs.items()]
-    arms += [(BASE + c, "base", c, {}, (), ()) for c in base_classes]
+    arms += [(REF + key, "reference", ref) for key, ref in refs.items()]
+    arms += [(BASE + c, "base", Hypothesis(c, ())) for c in base_classes]
     reader = held_out_reader(spec)
     columns: dict[str, list] = {name: [] for name in ("cell", "replicate", "class", "label", *spec.axis_names,
                                                       "prompt", "seed", "hypothesis", "arm",
                                                       *(("source",) if reader else ()))}
-    for name, arm, class_name, predicates, phrases, excluded in arms:
+    for name, arm, h in arms:
+        class_name, predicates, phrases, excluded = h.class_name, dict(h.predicates), h.phrases, h.excluded
         rng = np.random.default_rng([spec.seed, round_index, _stream(name)])
+        seeds = None
         if reader:  # held-out images that show the arm's description (perhaps fewer than n)
-            values = reader(class_name, predicates, excluded, n, rng)
+            if phrases:
+                values = phrase_rows(h, n)
+                seeds = values["seed"]
+                used_seeds.update(seeds)
+            else:
+                values = reader(class_name, predicates, excluded, n, rng)
             k = len(values["source"])
             prompts = prompts_of(spec, class_name, {a: values[a] for a in spec.axis_names}, k, phrases)
             columns["source"] += values["source"]
@@ -90,7 +99,8 @@ def plan_round(spec: AuditSpec, tests: list[Hypothesis], base_classes: list[str]
         for axis in spec.axis_names:
             columns[axis] += values[axis]
         columns["prompt"] += prompts
-        columns["seed"] += fresh_seeds(spec.seed, f"{round_index}:{name}", k, used_seeds).tolist()
+        columns["seed"] += seeds if seeds is not None else fresh_seeds(spec.seed, f"{round_index}:{name}", k,
+                                                                       used_seeds).tolist()
         columns["hypothesis"] += [name] * k
         columns["arm"] += [arm] * k
     total = len(columns["prompt"])

@@ -33,16 +33,17 @@ from vbugs_ray.roles import registry
 from vbugs_ray.spec import AuditSpec
 from vbugs_ray.store import RunStore, plan_ranges, plan_shards, rows_fingerprint
 from vbugs_ray.terminal import open_bar
-from vbugs_ray.verify import complements
+from vbugs_ray.verify import complements, retrieval
 from vbugs_ray.verify.hypotheses import Hypothesis, deduplicate
-from vbugs_ray.verify.plan import BASE, plan_round
+from vbugs_ray.verify.plan import BASE, held_out_reader, plan_round
 from vbugs_ray.verify.sources import SOURCES, discover
 from vbugs_ray.verify.verdicts import Verdict, arms_of, judge_round, merge_bugs, part_needed
 
 Progress = Callable[[str], None]
 # of the verification procedure, part of the folder key (2: per-class MLP diagnosis ensembles; 3: merging checks
-# fresh rows; 4: complements of verified modes tested in the next round; 5: their reference arms apart, IUT tests)
-VERSION = 5
+# fresh rows; 4: complements of verified modes tested in the next round; 5: their reference arms apart, IUT tests;
+# 6: a dataset's free phrases tested on the held-out images the embedder finds, verify.retrieval)
+VERSION = 6
 
 
 def verify_key(spec: AuditSpec) -> str:
@@ -74,6 +75,7 @@ class Verification:
         self.verdicts: dict[str, Verdict] = {}
         self.arms: dict = {}
         self.worked = False  # whether this run did any work (discovery, images): its time counts
+        self._embedder_box = None
 
     # -- discovery, once --------------------------------------------------------------------
     def queue(self, flagged: list[dict], progress: Progress) -> tuple[list[Hypothesis], dict]:
@@ -82,9 +84,7 @@ class Verification:
             data = json.loads(path.read_text())
             return [Hypothesis.from_state(h) for h in data["queue"]], data["discovery"]
         self.worked = True
-        registry.prepare("embedder", self.spec.embedder, self.spec, progress)
-        embedder = registry.create("embedder", self.spec.embedder, self.spec)
-        by_source, summary = discover(self.store, self.spec, flagged, embedder, progress)
+        by_source, summary = discover(self.store, self.spec, flagged, self._embedder(progress), progress)
         queue = _interleave(by_source)
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {"queue": [h.state() for h in queue], "discovery": summary})
@@ -106,26 +106,63 @@ class Verification:
                         seen.add(child.key)
                         tests.append(child)
         tests += [h for h in queue if h.key not in seen]
-        if not getattr(registry.backend_class("generator", self.spec.generator.backend), "shows_phrases", True):
-            # a dataset shows what its rows' columns say: a free phrase is not a test it can run
-            tests = [h for h in tests if not h.phrases]
         return tests[: self.settings.max_hypotheses]
 
-    def _plan(self, index: int, queue: list[Hypothesis], first_row_id: int, used: set[int]
-              ) -> tuple[list[Hypothesis], pa.Table] | None:
+    def _plan(self, index: int, queue: list[Hypothesis], first_row_id: int, used: set[int], executor,
+              progress: Progress) -> tuple[list[Hypothesis], pa.Table, int] | None:
+        """The round's tests, its rows and the first row id after them (a dataset's phrase arms
+        first embed a pool of held-out images, whose rows come before the round's)."""
         folder = self.root / f"round-{index}"
         plan_path, rows_path = folder / "plan.json", folder / "plan.parquet"
         if plan_path.exists():
-            tests = [Hypothesis.from_state(h) for h in json.loads(plan_path.read_text())["tests"]]
-            return tests, pq.read_table(rows_path)
+            info = json.loads(plan_path.read_text())
+            tests, table = [Hypothesis.from_state(h) for h in info["tests"]], pq.read_table(rows_path)
+            used.update(table.column("seed").to_numpy().tolist())
+            return tests, table, info.get("next_row_id", first_row_id + table.num_rows)
         tests = self._next_tests(queue)
         if not tests:
             return None
+        phrase_rows = None
+        if held_out_reader(self.spec) is not None and retrieval.phrase_arms(tests):
+            pool, first_row_id = self._pool(index, tests, first_row_id, used, executor, progress)
+            phrase_rows = retrieval.retriever(self.spec, pool, self._embedder(progress))
         have_base = {name[len(BASE):] for name in self.arms if name.startswith(BASE)}
         base = sorted({h.class_name for h in tests} - have_base, key=self.spec.classes.index)
-        table = plan_round(self.spec, tests, base, self.settings.images_per_hypothesis, first_row_id, used, index)
-        _save_plan(folder, table, {"tests": [h.state() for h in tests], "base_classes": base})
-        return tests, table
+        table = plan_round(self.spec, tests, base, self.settings.images_per_hypothesis, first_row_id, used, index,
+                           phrase_rows)
+        next_row_id = first_row_id + table.num_rows
+        _save_plan(folder, table, {"tests": [h.state() for h in tests], "base_classes": base,
+                                   "next_row_id": next_row_id})
+        return tests, table, next_row_id
+
+    def _pool(self, index: int, tests: list[Hypothesis], first_row_id: int, used: set[int], executor,
+              progress: Progress) -> tuple[retrieval.Pool, int]:
+        """The round's pool (``verify.retrieval``): held-out images of the classes its phrase arms
+        name, embedded and scored; planned once (``round-N/pool/plan.*``), its shards resumed."""
+        folder = self.root / f"round-{index}" / "pool"
+        if (folder / "plan.json").exists():
+            table = pq.read_table(folder / "plan.parquet")
+            used.update(table.column("seed").to_numpy().tolist())
+        else:
+            classes = retrieval.pool_classes(self.spec, tests)
+            # its own seed stream (the round's base arms draw from index's)
+            table = plan_round(self.spec, [], classes, retrieval.POOL_FACTOR * self.settings.images_per_hypothesis,
+                               first_row_id, used, retrieval.POOL_ROUND + index)
+            table = table.set_column(table.schema.get_field_index("hypothesis"), "hypothesis", pa.array(
+                [retrieval.POOL + name[len(BASE):] for name in table.column("hypothesis").to_pylist()], pa.string()))
+            _save_plan(folder, table, {"classes": classes})
+        progress(f"verify round {index}: embedding {table.num_rows} held-out images to find the phrases' arms")
+        rows = self._run_rows(f"round-{index}/pool", table, executor, progress)
+        pool = retrieval.Pool.of(rows.read(columns=["source", "seed", "class", "valid", "embedding",
+                                                    *self.spec.axis_names]), tuple(self.spec.axis_names))
+        return pool, first_row_id + table.num_rows
+
+    def _embedder(self, progress: Progress):
+        """The embedder in this process, for text (discovery's queries, retrieval's directions)."""
+        if self._embedder_box is None:
+            registry.prepare("embedder", self.spec.embedder, self.spec, progress)
+            self._embedder_box = registry.create("embedder", self.spec.embedder, self.spec)
+        return self._embedder_box
 
     def _generate(self, folder: str, table: pa.Table, executor, progress: Progress) -> dict:
         """The folder's rows (generated first where missing), as the columns ``arms_of`` reads."""
@@ -134,6 +171,17 @@ class Verification:
             return {**{axis: np.zeros(0, str) for axis in axes}, "row_id": np.zeros(0, np.int64),
                     "hypothesis": np.zeros(0, str), "pred": np.zeros(0, str), "valid": np.zeros(0, bool),
                     "error": np.zeros(0, bool)}
+        rows = self._run_rows(folder, table, executor, progress).read(
+            columns=["row_id", "hypothesis", "pred", "valid", "error", *axes])
+        return {**{axis: rows.column(axis).to_numpy(zero_copy_only=False).astype(str) for axis in axes},
+                "row_id": rows.column("row_id").to_numpy(),
+                "hypothesis": rows.column("hypothesis").to_numpy(zero_copy_only=False).astype(str),
+                "pred": rows.column("pred").to_numpy(zero_copy_only=False).astype(str),
+                "valid": rows.column("valid").to_numpy(zero_copy_only=False).astype(bool),
+                "error": rows.column("error").to_numpy(zero_copy_only=False).astype(bool)}
+
+    def _run_rows(self, folder: str, table: pa.Table, executor, progress: Progress) -> RunStore:
+        """The folder's run store, its missing shards generated first (a non-empty ``table``)."""
         shard_rows = self.spec.run.shard_rows
         first_row_id = int(table.column("row_id")[0].as_py())
         rounds = RunStore(self.root / folder, planned=plan_ranges(first_row_id, table.num_rows, shard_rows))
@@ -146,13 +194,7 @@ class Verification:
             with open_bar(progress, name, sum(stop - start for _, start, stop in pending), unit="img") as bar:
                 executor().run(table, rounds, pending, lambda shard, rows: None if bar.live else progress(
                     f"{name}: shard {shard + 1}/{len(shards)} written ({rows} rows)"), bar.update)
-        rows = rounds.read(columns=["row_id", "hypothesis", "pred", "valid", "error", *axes])
-        return {**{axis: rows.column(axis).to_numpy(zero_copy_only=False).astype(str) for axis in axes},
-                "row_id": rows.column("row_id").to_numpy(),
-                "hypothesis": rows.column("hypothesis").to_numpy(zero_copy_only=False).astype(str),
-                "pred": rows.column("pred").to_numpy(zero_copy_only=False).astype(str),
-                "valid": rows.column("valid").to_numpy(zero_copy_only=False).astype(bool),
-                "error": rows.column("error").to_numpy(zero_copy_only=False).astype(bool)}
+        return rounds
 
     def _replicate(self, bugs: list[dict], next_row: int, used: set[int], executor, progress: Progress) -> int:
         """Each verified bug's description again, on a second fresh sample (new seeds, new base
@@ -204,12 +246,10 @@ class Verification:
         with session:
             try:
                 for index in range(1, self.settings.rounds + 1):
-                    planned = self._plan(index, queue, next_row, used)
+                    planned = self._plan(index, queue, next_row, used, executor, progress)
                     if planned is None:
                         break
-                    tests, table = planned
-                    used.update(table.column("seed").to_numpy().tolist())
-                    next_row = int(pc.max(table.column("row_id")).as_py()) + 1 if table.num_rows else next_row
+                    tests, table, next_row = planned
                     t0 = time.time()
                     columns = self._generate(f"round-{index}", table, executor, progress)
                     generated += table.num_rows

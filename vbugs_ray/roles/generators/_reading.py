@@ -6,8 +6,8 @@ A reading generator plans its own rows, so that every row names the image it sho
 - ``held_out_rows(options, spec, class, predicates, excluded, n, rng)``: a verification arm's
   rows, from the held-out share only (never an image the audit saw), at most one row per image;
 - ``generate_rows(batch)``: the batch's images, and per row the reason it has none ("" if it has).
-It shows what its rows' columns say and nothing else: a free phrase ("in heavy fog") is not
-something it can show, so hypotheses made of one are left untested (``shows_phrases``).
+It shows what its images show: a free phrase ("in heavy fog") cannot be drawn, so a hypothesis
+made of one is tested on the held-out images the embedder places nearest it (verify.retrieval).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class ReadingGenerator:
     """Base of ``dataset`` and ``corruptions``: reads the batch's images by key."""
 
     reads_dataset = True
-    shows_phrases = False
     Options = ReadingOptions
 
     @classmethod
