@@ -58,7 +58,11 @@ class Pool:
     embeddings: np.ndarray
 
     @classmethod
-    def of(cls, table: pa.Table, axes: tuple[str, ...]) -> "Pool":
+    def of(cls, table: pa.Table | None, axes: tuple[str, ...]) -> "Pool":
+        """From the pool's stored rows; ``None``: no held-out image to pool."""
+        if table is None:
+            none = np.zeros(0, dtype=object)
+            return cls(none, np.zeros(0, np.int64), none, {a: none for a in axes}, np.zeros((0, 1)))
         valid = table.column("valid").to_numpy(zero_copy_only=False).astype(bool)
         table = table.filter(pa.array(valid))
         emb = table.column("embedding").combine_chunks()
@@ -99,8 +103,7 @@ def nearest(pool: Pool, h: Hypothesis, direction: np.ndarray, n: int) -> dict[st
         match &= pool.values[axis] != value
     candidates = np.flatnonzero(match)
     k = min(n, math.ceil(SHARE * len(candidates)))
-    scores = pool.embeddings[candidates] @ direction
-    chosen = candidates[np.argsort(-scores, kind="stable")[:k]]
+    chosen = candidates[np.argsort(-(pool.embeddings[candidates] @ direction), kind="stable")[:k]] if k else candidates
     return {"source": pool.source[chosen].tolist(), "seed": pool.seed[chosen].tolist(),
             **{axis: values[chosen].tolist() for axis, values in pool.values.items()}}
 

@@ -151,11 +151,13 @@ class Verification:
             table = table.set_column(table.schema.get_field_index("hypothesis"), "hypothesis", pa.array(
                 [retrieval.POOL + name[len(BASE):] for name in table.column("hypothesis").to_pylist()], pa.string()))
             _save_plan(folder, table, {"classes": classes})
+        axes = tuple(self.spec.axis_names)
+        if table.num_rows == 0:
+            return retrieval.Pool.of(None, axes), first_row_id
         progress(f"verify round {index}: embedding {table.num_rows} held-out images to find the phrases' arms")
         rows = self._run_rows(f"round-{index}/pool", table, executor, progress)
-        pool = retrieval.Pool.of(rows.read(columns=["source", "seed", "class", "valid", "embedding",
-                                                    *self.spec.axis_names]), tuple(self.spec.axis_names))
-        return pool, first_row_id + table.num_rows
+        return (retrieval.Pool.of(rows.read(columns=["source", "seed", "class", "valid", "embedding", *axes]), axes),
+                first_row_id + table.num_rows)
 
     def _embedder(self, progress: Progress):
         """The embedder in this process, for text (discovery's queries, retrieval's directions)."""

@@ -148,7 +148,7 @@ def from_class_slices(rows: RunRows, spec: AuditSpec, per_class: int = CLASS_SLI
     ``per_class`` slices of each class that no stronger slice explains, taken round-robin over
     the classes (each class's first, then each class's second...), so every class is heard."""
     by_class: list[list[tuple[float, Hypothesis]]] = []
-    for class_name in spec.classes:
+    for class_name in spec.classes if spec.axes else ():  # a class-only audit has no slice within a class
         in_class = rows.classes == class_name
         if rows.errors[in_class].sum() < spec.verify.min_errors:
             continue

@@ -134,7 +134,10 @@ def _bug_cards(report: dict, run_dir: Path, spec: dict) -> list[dict]:
         h = hypotheses.get(bug["hypothesis"], {})
         own = np.isin(row_ids, np.asarray(bug.get("row_ids", []), np.int64))
         complement = bool(h.get("excluded"))
-        inside = rows.matching(h.get("predicates", {}), h.get("excluded"))
+        # a description made of phrases only ("star, at night") names no column: the class's
+        # base arm, which it was tested against, is the "without" side
+        inside = rows.matching(h.get("predicates", {}), h.get("excluded")) if h.get("predicates") or \
+            h.get("excluded") else np.zeros(len(row_ids), bool)
         if complement:  # its own reference arm: the class with the value it spares ("square, grass")
             without = (arms == "reference") & (classes == bug["class"]) & rows.matching(
                 {**h.get("predicates", {}), **h["excluded"]})
