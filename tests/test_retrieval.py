@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pyarrow.compute as pc
@@ -21,7 +22,7 @@ from vbugs_ray.roles.generators.dataset import DatasetGenerator
 from vbugs_ray.store import RunStore
 from vbugs_ray.toyworld import renderer
 from vbugs_ray.verify.hypotheses import Hypothesis
-from vbugs_ray.verify.retrieval import SHARE, Pool, nearest, text_direction
+from vbugs_ray.verify.retrieval import POOL, SHARE, Pool, nearest, pool_of, text_direction
 from vbugs_ray.verify.verdicts import fisher_greater
 
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
@@ -58,8 +59,8 @@ def star_pool(toy_clip):
     images, props = _render(400, seed=3, fixed={"class": ["star"]})
     emb = np.asarray(toy_clip.embed_images(images), np.float64)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    pool = Pool(np.asarray([f"star/{i}.png" for i in range(400)], dtype=object), np.arange(400), np.full(400, "star", dtype=object),
-                {}, emb)
+    pool = Pool(np.asarray([f"star/{i}.png" for i in range(400)], dtype=object), np.arange(400),
+                np.full(400, POOL + pool_of(Hypothesis("star", ())).key, dtype=object), {}, emb)
     return pool, np.asarray([p["lighting"] for p in props])
 
 
@@ -84,11 +85,14 @@ def test_a_phrase_arm_is_the_quarter_of_the_pool_the_embedder_places_nearest_it(
     base = rng.permutation(400)[:150]
     p = fisher_greater(int(fails[chosen].sum()), len(chosen), int(fails[base].sum()), len(base))
     assert p < 1e-6
-    # a predicate narrows the candidates first: none of the pool's rows has the value, no row
-    empty = nearest(Pool(pool.source, pool.seed, pool.classes, {"site": np.full(400, "a", dtype=object)},
-                         pool.embeddings), Hypothesis("star", (("site", "b"),), ("at night",)),
-                    text_direction(spec, toy_clip, h), n=150)
-    assert empty["source"] == []
+    # an arm with axis values draws from its own pool only (here: none), and its ranking is
+    # within cells of the open axes: a cue the embedder sees in a known axis is not the phrase's
+    assert nearest(pool, Hypothesis("star", (("site", "b"),), ("at night",)), text_direction(spec, toy_clip, h),
+                   n=150)["source"] == []
+    by_lighting = Pool(pool.source, pool.seed, pool.pools, {"lighting": lighting.astype(object)}, pool.embeddings)
+    within = nearest(by_lighting, h, text_direction(spec, toy_clip, h), n=400)
+    shares = {v: np.mean(np.asarray(within["lighting"]) == v) for v in ("night", "day", "dusk", "fog")}
+    assert all(abs(shares[v] - (lighting == v).mean()) < 0.05 for v in shares), shares
 
 
 @pytest.mark.trains
@@ -173,6 +177,18 @@ def test_a_folder_without_metadata_is_audited_and_its_phrase_bug_verified_on_hel
             arm = rows.filter(pc.equal(rows.column("hypothesis"), name))
             keys = arm.column("source").to_pylist()
             assert len(set(keys)) == len(keys) and set(keys) <= set(pool.column("source").to_pylist())
+
+    # interrupted after round 1's pool was embedded, before its own plan was written: the re-run
+    # plans the same rows (same pool, same arms, same seeds) and reaches the same verdicts
+    plans = {d.name: pq.read_table(d / "plan.parquet") for d in sorted(key.glob("round-*"))}
+    for name in ("plan.json", "plan.parquet"):
+        (key / "round-1" / name).unlink()
+    for path in [key / "round-1" / "rows", *[d for d in key.glob("round-*") if d.name != "round-1"]]:
+        shutil.rmtree(path)
+    again = api.audit(spec, progress=lambda _: None)
+    assert {d.name: pq.read_table(d / "plan.parquet") for d in sorted(key.glob("round-*"))} == plans
+    assert [(b["description"], b["errors"], b["n"]) for b in again.verified_bugs] == \
+        [(b["description"], b["errors"], b["n"]) for b in report.verified_bugs]
 
 
 @pytest.mark.trains

@@ -1,14 +1,18 @@
 """Free phrases on a dataset: the held-out images the embedder places nearest a description.
 
 A dataset shows what its images show. "star, at night" on a folder without a lighting column
-cannot be drawn, only found. So before a round that tests a phrase, each class the phrase arms
-name gets a *pool*: up to ``POOL_FACTOR`` x images_per_hypothesis of its held-out images, read,
-embedded and scored once through the pipeline (``round-N/pool/``). A phrase arm is then the
-``SHARE`` of the class's pool rows (those that show its predicates and none of its exclusions)
-that lie furthest along the text direction from the class's prompts to the same prompts with the
-phrases appended (paired prompt ensembles, so the direction holds the phrases and nothing else),
-at most images_per_hypothesis. The round scores those images again with the pool's seeds: the
-same pixels, corruptions included.
+cannot be drawn, only found. So before a round that tests a phrase, each (class, axis values)
+the phrase arms name gets a *pool*: up to ``POOL_FACTOR`` x images_per_hypothesis of its held-out
+images showing those values, read, embedded and scored once through the pipeline
+(``round-N/pool/``). A phrase arm is then the ``SHARE`` of its pool that lies furthest along the
+text direction from the class's prompts to the same prompts with the phrases appended (paired
+prompt ensembles, so the direction holds the phrases and nothing else), at most
+images_per_hypothesis. The ranking is within cells (the pool's images with the same open axis
+values): each cell gives about SHARE of its images, those furthest along the direction, so a
+phrase is not verified for what a known axis does ("in fog" picking the severely blurred
+images); without axes, the class is one cell. The
+round scores the chosen images again with the pool's seeds: the same pixels, corruptions
+included.
 
 The null each such test keeps (``verdicts.one_sided_p``, one-sided Fisher, BH over the round):
 the class's held-out images the embedder ranks nearest the description fail no more often than
@@ -43,8 +47,15 @@ def phrase_arms(tests: list[Hypothesis]) -> list[Hypothesis]:
     return arms + [h.reference for h in arms if h.reference is not None]
 
 
-def pool_classes(spec: AuditSpec, tests: list[Hypothesis]) -> list[str]:
-    return sorted({h.class_name for h in phrase_arms(tests)}, key=spec.classes.index)
+def pool_of(h: Hypothesis) -> Hypothesis:
+    """What a phrase arm's pool shows: its class and axis values, no phrase (exclusions are
+    applied when the arm is chosen)."""
+    return Hypothesis(h.class_name, h.predicates)
+
+
+def pools_needed(tests: list[Hypothesis]) -> list[Hypothesis]:
+    """One pool per distinct (class, axis values) of the round's phrase arms, in test order."""
+    return list({pool_of(h).key: pool_of(h) for h in phrase_arms(tests)}.values())
 
 
 @dataclass
@@ -53,7 +64,7 @@ class Pool:
 
     source: np.ndarray
     seed: np.ndarray
-    classes: np.ndarray
+    pools: np.ndarray  # each row's pool: POOL + pool_of(h).key
     values: dict[str, np.ndarray]
     embeddings: np.ndarray
 
@@ -73,7 +84,7 @@ class Pool:
         def col(name: str) -> np.ndarray:
             return np.asarray(table.column(name).to_pylist(), dtype=object)
 
-        return cls(col("source"), table.column("seed").to_numpy().astype(np.int64), col("class"),
+        return cls(col("source"), table.column("seed").to_numpy().astype(np.int64), col("hypothesis"),
                    {a: col(a) for a in axes}, embeddings)
 
 
@@ -94,16 +105,27 @@ def text_direction(spec: AuditSpec, embedder: Any, h: Hypothesis) -> np.ndarray:
 
 
 def nearest(pool: Pool, h: Hypothesis, direction: np.ndarray, n: int) -> dict[str, list]:
-    """The arm's rows: of the pool rows of ``h``'s class that show its predicates and none of its
-    exclusions, the SHARE furthest along ``direction`` (at most ``n``), best first."""
-    match = pool.classes == h.class_name
-    for axis, value in h.predicates:
-        match &= pool.values[axis] == value
+    """The arm's rows: of its pool's rows (none of its exclusions), the SHARE of each cell
+    furthest along ``direction`` (at most ``n`` in all), best first."""
+    match = pool.pools == POOL + pool_of(h).key
     for axis, value in h.excluded:
         match &= pool.values[axis] != value
     candidates = np.flatnonzero(match)
     k = min(n, math.ceil(SHARE * len(candidates)))
-    chosen = candidates[np.argsort(-(pool.embeddings[candidates] @ direction), kind="stable")[:k]] if k else candidates
+    if not k:
+        return {"source": [], "seed": [], **{axis: [] for axis in pool.values}}
+    score = pool.embeddings[candidates] @ direction
+    cells = np.unique(np.stack([pool.values[a][candidates].astype(str) for a in pool.values], axis=1), axis=0,
+                      return_inverse=True)[1].reshape(-1) if pool.values else np.zeros(len(candidates), np.int64)
+    # within its cell: the share of the cell's images ranked below it (each cell gives about SHARE
+    # of its images), ties across cells broken by the distance above the cell's mean
+    sizes = np.bincount(cells)
+    order = np.lexsort((-score, cells))
+    rank = np.empty(len(score), np.int64)
+    rank[order] = np.arange(len(score)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    below = 1.0 - (rank + 0.5) / sizes[cells]
+    centred = score - (np.bincount(cells, weights=score) / sizes)[cells]
+    chosen = candidates[np.lexsort((-centred, -below))[:k]]
     return {"source": pool.source[chosen].tolist(), "seed": pool.seed[chosen].tolist(),
             **{axis: values[chosen].tolist() for axis, values in pool.values.items()}}
 

@@ -7,7 +7,9 @@ settings and the captioner, so changing any of them starts a new folder and neve
 - ``round-N/rows/shard-*``: the rows after generate -> embed + filter -> classify, written like
   the audit's shards (staging folder, then one rename) and checked like them, so an interrupted
   run resumes with the missing shards (a damaged one is set aside in ``round-N/damaged/`` and
-  written again) and a finished one re-runs without generating anything.
+  written again) and a finished one re-runs without generating anything;
+- ``round-N/pool/``: on a dataset, the held-out images embedded to find the round's phrase arms
+  (``verify.retrieval``), planned and resumed the same way, before the round's own plan.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vbugs_ray.cache import key_of
 from vbugs_ray.pipeline import actor_needs, make_executor
 from vbugs_ray.raycluster import ray_session
 from vbugs_ray.roles import registry
+from vbugs_ray.roles.vocabulary import candidate_phrases
 from vbugs_ray.spec import AuditSpec
 from vbugs_ray.store import RunStore, plan_ranges, plan_shards, rows_fingerprint
 from vbugs_ray.terminal import open_bar
@@ -76,6 +79,7 @@ class Verification:
         self.arms: dict = {}
         self.worked = False  # whether this run did any work (discovery, images): its time counts
         self._embedder_box = None
+        self.pool_rows = 0  # held-out images embedded to find phrase arms (verify.retrieval)
 
     # -- discovery, once --------------------------------------------------------------------
     def queue(self, flagged: list[dict], progress: Progress) -> tuple[list[Hypothesis], dict]:
@@ -84,7 +88,11 @@ class Verification:
             data = json.loads(path.read_text())
             return [Hypothesis.from_state(h) for h in data["queue"]], data["discovery"]
         self.worked = True
+        if not self.spec.axes and not candidate_phrases(self.spec, with_classes=False):
+            progress("warning: a class-only audit describes its failures with words, and this spec has none beyond "
+                     "the class names: add verify.vocabulary (phrases your users would use) to get hypotheses")
         by_source, summary = discover(self.store, self.spec, flagged, self._embedder(progress), progress)
+        self._embedder_box = None  # its memory back before verification's actors start
         queue = _interleave(by_source)
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {"queue": [h.state() for h in queue], "discovery": summary})
@@ -117,7 +125,12 @@ class Verification:
         if plan_path.exists():
             info = json.loads(plan_path.read_text())
             tests, table = [Hypothesis.from_state(h) for h in info["tests"]], pq.read_table(rows_path)
-            used.update(table.column("seed").to_numpy().tolist())
+            pool_path = folder / "pool" / "plan.parquet"
+            for path in (rows_path, pool_path):  # every seed the round's planning used
+                if path.exists():
+                    seeds = pq.read_table(path, columns=["seed"]).column("seed")
+                    used.update(seeds.to_numpy().tolist())
+                    self.pool_rows += len(seeds) if path == pool_path else 0
             return tests, table, info.get("next_row_id", first_row_id + table.num_rows)
         tests = self._next_tests(queue)
         if not tests:
@@ -130,6 +143,7 @@ class Verification:
         base = sorted({h.class_name for h in tests} - have_base, key=self.spec.classes.index)
         table = plan_round(self.spec, tests, base, self.settings.images_per_hypothesis, first_row_id, used, index,
                            phrase_rows)
+        self._embedder_box = None  # its memory (a GPU's, perhaps) back before the round's actors start
         next_row_id = first_row_id + table.num_rows
         _save_plan(folder, table, {"tests": [h.state() for h in tests], "base_classes": base,
                                    "next_row_id": next_row_id})
@@ -137,26 +151,29 @@ class Verification:
 
     def _pool(self, index: int, tests: list[Hypothesis], first_row_id: int, used: set[int], executor,
               progress: Progress) -> tuple[retrieval.Pool, int]:
-        """The round's pool (``verify.retrieval``): held-out images of the classes its phrase arms
-        name, embedded and scored; planned once (``round-N/pool/plan.*``), its shards resumed."""
+        """The round's pools (``verify.retrieval``): held-out images of each (class, axis values)
+        its phrase arms name, embedded and scored; planned once (``round-N/pool/plan.*``), its
+        shards resumed."""
         folder = self.root / f"round-{index}" / "pool"
         if (folder / "plan.json").exists():
             table = pq.read_table(folder / "plan.parquet")
             used.update(table.column("seed").to_numpy().tolist())
         else:
-            classes = retrieval.pool_classes(self.spec, tests)
-            # its own seed stream (the round's base arms draw from index's)
-            table = plan_round(self.spec, [], classes, retrieval.POOL_FACTOR * self.settings.images_per_hypothesis,
+            pools = retrieval.pools_needed(tests)
+            # its own seed stream (the round's arms draw from index's)
+            table = plan_round(self.spec, pools, [], retrieval.POOL_FACTOR * self.settings.images_per_hypothesis,
                                first_row_id, used, retrieval.POOL_ROUND + index)
-            table = table.set_column(table.schema.get_field_index("hypothesis"), "hypothesis", pa.array(
-                [retrieval.POOL + name[len(BASE):] for name in table.column("hypothesis").to_pylist()], pa.string()))
-            _save_plan(folder, table, {"classes": classes})
+            for name, values in (("hypothesis", [retrieval.POOL + key for key in table.column("hypothesis").to_pylist()]),
+                                 ("arm", ["pool"] * table.num_rows)):
+                table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.string()))
+            _save_plan(folder, table, {"pools": [h.state() for h in pools]})
+        self.pool_rows += table.num_rows
         axes = tuple(self.spec.axis_names)
         if table.num_rows == 0:
             return retrieval.Pool.of(None, axes), first_row_id
         progress(f"verify round {index}: embedding {table.num_rows} held-out images to find the phrases' arms")
         rows = self._run_rows(f"round-{index}/pool", table, executor, progress)
-        return (retrieval.Pool.of(rows.read(columns=["source", "seed", "class", "valid", "embedding", *axes]), axes),
+        return (retrieval.Pool.of(rows.read(columns=["source", "seed", "hypothesis", "valid", "embedding", *axes]), axes),
                 first_row_id + table.num_rows)
 
     def _embedder(self, progress: Progress):
@@ -267,6 +284,7 @@ class Verification:
                 bugs = merge_bugs(self.spec, self.hypotheses, self.verdicts, self.arms, alpha)
                 if self.settings.replicate and bugs:
                     generated += self._replicate(bugs, next_row, used, executor, progress)
+                generated += self.pool_rows
             finally:
                 if executor_box:
                     executor_box[0].close()

@@ -42,7 +42,8 @@ def _summary(report: dict, spec: dict, run_dir: Path) -> dict:
         "embedder": _backend(spec.get("embedder")),
         "captioner": _backend(spec.get("captioner")),
         "classes": len(spec.get("classes", [])),
-        "axes": ", ".join(f"{axis} ({len(values)})" for axis, values in spec.get("axes", {}).items()),
+        "axes": ", ".join(f"{axis} ({len(values)})" for axis, values in spec.get("axes", {}).items())
+        or "no axis (class-only)",
         "generated": generated,
         "valid": generated - invalid,
         "invalid": invalid,
