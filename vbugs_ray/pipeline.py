@@ -531,7 +531,9 @@ class RayExecutor:
         with _Execution(spec, _first_id(rows), store, shards, published, rows_written) as execution:
             pending = pa.concat_tables([rows.slice(start, stop - start) for _, start, stop in shards])
             first = spec.generator.batch_size
-            ds = ray.data.from_arrow([pending.slice(i, first) for i in range(0, pending.num_rows, first)])
+            # from_blocks takes each block's metadata here; from_arrow asks a remote task for it and
+            # waits (about 3 s on a 2-core machine, a worker process started before anything streams)
+            ds = ray.data.from_blocks([pending.slice(i, first) for i in range(0, pending.num_rows, first)])
             for plan in ray_stages(spec):
                 ds = ds.map_batches(
                     plan.stage,
