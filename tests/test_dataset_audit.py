@@ -58,7 +58,12 @@ def digits_table(tmp_path_factory) -> Path:
 
 
 @pytest.mark.trains
-def test_dataset_audit_finds_the_planted_metadata_bug_and_not_the_null_one(digits_table, tmp_path):
+def test_dataset_audit_finds_the_planted_metadata_bug_and_not_the_null_one(digits_table, tmp_path, monkeypatch):
+    from vbugs_ray.datasets.sources import ParquetImages
+
+    listed = []
+    list_table = ParquetImages.listing
+    monkeypatch.setattr(ParquetImages, "listing", lambda self: listed.append(1) or list_table(self))
     spec = parse_spec({
         "name": "digits-table", "classes": [str(i) for i in range(10)], "axes": "auto",
         "generator": {"backend": "dataset", "options": {
@@ -73,6 +78,7 @@ def test_dataset_audit_finds_the_planted_metadata_bug_and_not_the_null_one(digit
     report = audit(spec, tmp_path / "run", progress=lambda _: None)
 
     assert report["read_from_dataset"] is True
+    assert len(listed) == 1  # rows, models, search and verification from one read of the table's listing
     reasons = report["filter"]["invalid_reasons"]
     assert reasons.get("unknown_label", 0) + reasons.get("unreadable_image", 0) >= 1  # some may be held out
     assert set(reasons) <= {"unknown_label", "unreadable_image"}

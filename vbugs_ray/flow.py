@@ -17,7 +17,7 @@ from vbugs_ray.terminal import NullBar, open_bar, stderr
 from vbugs_ray.atomic import atomic_write_json, check_output
 from vbugs_ray.caption import caption_slices
 from vbugs_ray.datasets.rows import DATA_ERROR
-from vbugs_ray.datasets.sources import forget as forget_datasets
+from vbugs_ray.datasets.sources import fresh_listings
 from vbugs_ray.datasets.sources import table_key
 from vbugs_ray.errors import RunStoreError, SpecError
 from vbugs_ray.grid import audit_rows
@@ -42,8 +42,8 @@ def generate_rows(spec: AuditSpec, run_dir: str | Path, progress: Progress = _lo
     """Fill the run store with every grid row (resumes: whole shards are skipped, damaged ones
     set aside and written again). A first start that fails before a shard is published leaves
     nothing behind, so a corrected spec starts in the same folder."""
-    forget_datasets()  # a dataset is read afresh by each run (it may have changed since this process last read it)
-    with run_lock(run_dir, "vbugs audit", create=True):
+    # a dataset is read afresh by each run (it may have changed since this process last read it)
+    with fresh_listings(), run_lock(run_dir, "vbugs audit", create=True):
         return _generate_rows(spec, run_dir, progress)
 
 
@@ -276,8 +276,7 @@ def _verification_still_valid(store: RunStore, spec: AuditSpec, progress: Progre
 def verify_run(run_dir: str | Path, spec_dict: dict | None = None, progress: Progress = _log) -> dict:
     """Discovery and regenerate-and-verify on a finished run (resumable): adds ``verified_bugs``,
     ``hypotheses``, ``discovery`` and ``verification`` to RUN_DIR/report.json."""
-    forget_datasets()
-    with run_lock(run_dir, "vbugs verify"):
+    with fresh_listings(), run_lock(run_dir, "vbugs verify"):
         return _verify_run(run_dir, spec_dict, progress)
 
 
@@ -310,8 +309,7 @@ def audit(spec: AuditSpec, run_dir: str | Path | None = None, progress: Progress
     """Run a whole audit and return the report (also written to RUN_DIR/report.json): rows,
     slice search, then (unless ``verify: false``) discovery and verification."""
     run_dir = check_output(run_dir or spec.output_dir, "run directory", folder=True)  # before hours of work
-    forget_datasets()
-    with run_lock(run_dir, "vbugs audit", create=True):  # one writer per run dir
+    with fresh_listings(), run_lock(run_dir, "vbugs audit", create=True):  # one listing, one writer per run dir
         spec = validate_backends(spec)  # a mistake in the spec is reported before Ray starts
         return _audit(spec, run_dir, progress)
 

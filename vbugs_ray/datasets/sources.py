@@ -16,12 +16,14 @@ driver plans rows from the listing alone and each generator actor reads only its
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +57,24 @@ def per_process(fn):
 def forget() -> None:
     for cached in _CACHES:
         cached.cache_clear()
+
+
+_fresh_depth = 0  # how many fresh_listings blocks this process is inside
+
+
+@contextlib.contextmanager
+def fresh_listings() -> Iterator[None]:
+    """Datasets read afresh once for the block, however many of its steps read them: a run sees
+    its data as it was when it started (an audit's rows, search and verification one listing,
+    not one each, which a large remote folder would feel). Nested blocks reuse the outer one's."""
+    global _fresh_depth
+    if _fresh_depth == 0:
+        forget()
+    _fresh_depth += 1
+    try:
+        yield
+    finally:
+        _fresh_depth -= 1
 
 
 def _names(value: Any, where: str) -> tuple[str, ...] | None:
@@ -384,11 +404,20 @@ def open_source(options: SourceOptions):
 
 
 @per_process
+def _every_split(options: SourceOptions) -> pa.Table:
+    """A source's listing with its split column: one read serves the audited split and the
+    training split (a model's fingerprint lists both)."""
+    return open_source(options).listing()
+
+
+@per_process
 def listing(options: SourceOptions) -> pa.Table:
     """The source's listing (cached per process: the driver plans the grid and each verification
     round from it): the items of ``split`` when a ``split_column`` says, cut to ``limit`` items."""
-    table = open_source(options).listing()
-    if options.split_column is not None:
+    if options.split_column is None:
+        table = open_source(options).listing()
+    else:  # the format's listing reads every split: split and limit are applied here
+        table = _every_split(dataclasses.replace(options, split=SPLITS[0], limit=None))
         if options.split_column not in table.column_names:
             raise SpecError(f"{WHERE}.split_column", f"{options.split_column!r} is not a column of the source; it has "
                                                      f"{', '.join(c for c in table.column_names if c != 'source')}")
@@ -410,8 +439,6 @@ def table_key(table: pa.Table) -> str:
 def fingerprint(options: SourceOptions) -> str:
     """What a model trained on the source depends on: its listings (keys, labels, metadata) of
     the audited split and, when it has one, the training split; part of the models' cache keys."""
-    import dataclasses
-
     parts = [table_key(listing(options))]
     if has_splits(options):
         parts.append(table_key(listing(dataclasses.replace(options, split="train", limit=None))))
@@ -426,8 +453,6 @@ def has_splits(options: SourceOptions) -> bool:
 def labelled_images(options: SourceOptions, split: str, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, size, size, 3) uint8, class indexes) of a split, the items without a usable
     image or a known class left out: what a model trains on."""
-    import dataclasses
-
     from vbugs_ray.datasets.rows import class_of
 
     source = open_source(options)

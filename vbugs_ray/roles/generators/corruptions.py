@@ -18,7 +18,8 @@ from vbugs_ray.datasets.corruptions import NAMES, SEVERITIES, corrupt
 from vbugs_ray.errors import SpecError, quote
 from vbugs_ray.grid import build_grid
 from vbugs_ray.datasets.rows import DATA_ERROR
-from vbugs_ray.roles.generators._reading import ReadingGenerator, spec_items
+from vbugs_ray.datasets.sources import per_process
+from vbugs_ray.roles.generators._reading import ReadingGenerator, items
 
 AXES = ("corruption", "severity")
 GROUP = 3  # training pairs per image for the embedder: the same picture under different corruptions
@@ -39,13 +40,19 @@ def _training_images(options, spec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pools(options, spec) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-    """Per class, the items it audits and the items it holds out (indexes), and every item's key."""
-    table = spec_items(options, spec)
-    classes = np.asarray(table.column("class").to_pylist(), dtype=object)
+    """Per class, the items it audits and the items it holds out (indexes), and every item's key
+    (once per listing: every verification arm asks)."""
+    return _pools_of(options.source, spec.classes, options.held_out, spec.seed)
+
+
+@per_process
+def _pools_of(source, classes: tuple[str, ...], held_out: float, seed: int):
+    table = items(source, classes, held_out, seed)
+    names = np.asarray(table.column("class").to_pylist(), dtype=object)
     usable = np.asarray(table.column(DATA_ERROR).to_pylist(), dtype=object) == ""
     held = table.column("held_out").to_numpy(zero_copy_only=False)
-    audit = {c: np.flatnonzero(usable & ~held & (classes == c)) for c in spec.classes}
-    kept = {c: np.flatnonzero(usable & held & (classes == c)) for c in spec.classes}
+    audit = {c: np.flatnonzero(usable & ~held & (names == c)) for c in classes}
+    kept = {c: np.flatnonzero(usable & held & (names == c)) for c in classes}
     return audit, kept, np.asarray(table.column("source").to_pylist(), dtype=object)
 
 

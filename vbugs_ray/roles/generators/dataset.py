@@ -54,6 +54,16 @@ def _metadata(options, classes: tuple[str, ...], seed: int, max_values: int, n_b
     return tuple(axes), text, errors
 
 
+@per_process
+def _held_out_columns(source, classes: tuple[str, ...], held_out: float, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(held out, class, key) per item, as arrays once per listing: every verification arm asks."""
+    table = items(source, classes, held_out, seed)
+    return (table.column("held_out").to_numpy(zero_copy_only=False),
+            np.asarray(table.column("class").to_pylist(), dtype=object),
+            np.asarray(table.column("source").to_pylist(), dtype=object))
+
+
 def _of(options, spec):
     return _metadata(options, spec.classes, spec.seed, spec.search.max_values, spec.search.n_bins)
 
@@ -113,16 +123,14 @@ class DatasetGenerator(ReadingGenerator):
     def held_out_rows(cls, options, spec, class_name: str, predicates: dict, excluded: tuple, n: int,
                       rng: np.random.Generator) -> dict[str, list]:
         """Up to ``n`` held-out images of the class that show ``predicates`` and none of ``excluded``."""
-        table = spec_items(options, spec)
+        held, classes, keys = _held_out_columns(options.source, spec.classes, options.held_out, spec.seed)
         axes, text, errors = _of(options, spec)
-        pool = (table.column("held_out").to_numpy(zero_copy_only=False)
-                & (np.asarray(table.column("class").to_pylist(), dtype=object) == class_name) & (errors == ""))
+        pool = held & (classes == class_name) & (errors == "")
         for axis, value in predicates.items():
             pool &= text[axis] == value
         for axis, value in excluded:
             pool &= text[axis] != value
         chosen = datarows.draw_held_out(np.flatnonzero(pool), n, rng)
-        keys = np.asarray(table.column("source").to_pylist(), dtype=object)
         return {"source": keys[chosen].tolist(), **{a.name: text[a.name][chosen].tolist() for a in axes}}
 
     @classmethod
