@@ -354,6 +354,31 @@ def test_dataset_sources_refuse_what_they_cannot_slice(tmp_path):
         check(spec)
 
 
+def test_many_metadata_columns_make_no_grid_to_check_when_spec_json_is_read(tmp_path):
+    """Ten metadata columns of 6 values each (search.max_values 6: five, then 'other') with 3
+    classes are 3 x 6^10 = 181M cells, over the most rows a grid holds; a dataset makes one row
+    per image, not that grid, so the resolved spec (as spec.json stores it) reads back."""
+    from vbugs_ray.datasets.sources import forget
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "many"
+    for c in CLASSES:
+        (folder / c).mkdir(parents=True)
+        for i in range(30):
+            (folder / c / f"{i}.png").write_bytes(_png(rng))
+    columns = [f"m{j}" for j in range(10)]
+    (folder / "metadata.csv").write_text("file_name," + ",".join(columns) + "\n" + "".join(
+        f"{c}/{i}.png," + ",".join(str(rng.integers(0, 12)) + "v" for _ in columns) + "\n"
+        for c in CLASSES for i in range(30)))
+    forget()
+    spec = validate_backends(parse_spec(_dataset_spec(str(folder))))
+    assert len(spec.axes) == 10 and all(len(a.values) == 6 for a in spec.axes)
+    stored = spec.to_dict()
+    assert stored["axes_from_data"] is True and parse_spec(stored).axes == spec.axes
+    with pytest.raises(SpecError, match="cells; at most 100000000"):  # as a grid of cells it would not fit
+        parse_spec({k: v for k, v in stored.items() if k != "axes_from_data"})
+
+
 def test_an_arm_without_rows_is_never_verified():
     """A dataset may hold no held-out image of what a hypothesis describes: its arm is empty,
     its p-value 1, and it is not verified (nor does the round fail)."""

@@ -176,10 +176,13 @@ class AuditSpec:
     run: RunSpec
     output_dir: str
     axes_auto: bool = False  # `axes: auto`: a dataset's metadata columns, found by the generator (registry.resolve_axes)
+    # the axes were found so (spec.json says it): one row per image, not a grid of class x axis values, so the
+    # product of the axes' sizes, which many metadata columns make huge, is no grid size to check
+    axes_from_data: bool = False
 
     TOP_FIELDS = ("name", "classes", "axes", "prompt", "images_per_cell", "budget", "sampling", "seed",
                   "generator", "classifier", "embedder", "captioner", "filter", "search", "verify", "run",
-                  "output_dir")
+                  "output_dir", "axes_from_data")
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -194,6 +197,8 @@ class AuditSpec:
         data = dataclasses.asdict(self)
         data["axes"] = "auto" if self.axes_auto else {a.name: dict(zip(a.values, a.phrases)) for a in self.axes}
         del data["axes_auto"]
+        if not self.axes_from_data:
+            del data["axes_from_data"]
         phrases = data.pop("class_phrases")
         if phrases != data["classes"]:
             data["classes"] = dict(zip(data["classes"], phrases))
@@ -344,7 +349,9 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
         per_cell = check_value(per_cell, "images_per_cell", kind=int, low=0, low_open=True, high=MAX_ROWS)
     if budget is not None:
         budget = check_value(budget, "budget", kind=int, low=0, low_open=True, high=MAX_ROWS)
-    _check_grid_size(classes, axes, per_cell)
+    from_data = check_value(data.get("axes_from_data", False), "axes_from_data", kind=bool)
+    if not from_data:
+        _check_grid_size(classes, axes, per_cell)
     sampling = check_value(data.get("sampling", "balanced"), "sampling", choices=SAMPLING_RULES)
 
     run = parse_options(RunSpec, data.get("run"), "run")
@@ -374,6 +381,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> AuditSpec:
         run=run,
         output_dir=check_value(data.get("output_dir", "runs/audit"), "output_dir", kind=str),
         axes_auto=auto,
+        axes_from_data=from_data,
         **roles,
     )
 

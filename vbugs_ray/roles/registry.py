@@ -125,7 +125,7 @@ def resolve_axes(spec: AuditSpec) -> AuditSpec:
                                 "draws its images: list each axis and its values")
     axes = tuple(cls.axes_from_data(options_of("generator", spec.generator), spec))
     prompt = spec.prompt + "".join(f", {{{axis.name}}}" for axis in axes)
-    return dataclasses.replace(spec, axes=axes, prompt=prompt, axes_auto=False)
+    return dataclasses.replace(spec, axes=axes, prompt=prompt, axes_auto=False, axes_from_data=True)
 
 
 def prepare(role: str, role_spec: RoleSpec, spec: AuditSpec, progress: Callable[[str], None] = print) -> list:
