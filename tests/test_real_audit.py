@@ -172,6 +172,21 @@ def test_shipped_imagenet_specs_validate_without_downloading(name):
     assert spec.embedder.backend == "open_clip" and spec.filter is not None
 
 
+def test_shipped_imagenette_job_maps_each_folder_to_its_imagenet_class():
+    """The class-only folder job: a dataset without metadata (axes: auto), each WordNet folder
+    mapped to its ImageNet output by name (tench is output 0, parachute 701), the phrase words
+    given for discovery and retrieval. Checked without the folder or any download."""
+    from vbugs_ray.roles.classifiers._torch_image import class_map_for
+
+    spec = load_spec(JOBS / "imagenette.yaml")
+    assert spec.generator.backend == "dataset" and spec.axes_auto and spec.embedder.backend == "open_clip"
+    options = registry.options_of("classifier", spec.classifier)
+    class_map = class_map_for(spec, options.labels, options.class_map, 1000)
+    probs = np.eye(1000)[[0, 217, 482, 491, 497, 566, 569, 571, 574, 701]]
+    assert (class_map.p_true(probs, np.arange(10)) == 1).all()  # each folder's images, its own output
+    assert len(spec.verify.vocabulary) >= 20
+
+
 def test_retrieval_captioner_works_with_any_embedder(tiny_spec_dict):
     tiny_spec_dict["captioner"] = {"backend": "retrieval", "options": {"top_phrases": 2}}
     spec = parse_spec(tiny_spec_dict)
