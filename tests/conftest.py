@@ -57,6 +57,18 @@ def _marked_for_what_it_does(request, monkeypatch):
         monkeypatch.setattr(ray, "init", checked_init)
 
 
+@pytest.fixture
+def restore_registry():
+    """The backend registry as it was before the test (a test's register_backend stays in it)."""
+    from vbugs_ray.roles import registry
+
+    saved = {role: dict(names) for role, names in registry._BACKENDS.items()}
+    yield
+    for role, names in saved.items():
+        registry._BACKENDS[role].clear()
+        registry._BACKENDS[role].update(names)
+
+
 @pytest.fixture(scope="session")
 def default_spec_dict() -> dict:
     return yaml.safe_load(DEFAULT_SPEC.read_text())

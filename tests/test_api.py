@@ -50,15 +50,6 @@ def test_search_table_on_a_dataframe_a_file_and_a_path(predictions, tmp_path):
         vbugs_ray.search_table(predictions, error="wrong", max_order=9)
 
 
-@pytest.fixture
-def restore_registry():
-    saved = {role: dict(names) for role, names in registry._BACKENDS.items()}
-    yield
-    for role, names in saved.items():
-        registry._BACKENDS[role].clear()
-        registry._BACKENDS[role].update(names)
-
-
 class LocalClass:  # importable: tests/ is on sys.path as rootdir-relative module test_api
     pass
 

@@ -89,6 +89,7 @@ def test_dataset_audit_finds_the_planted_metadata_bug_and_not_the_null_one(digit
     bugs = [tested[b["hypothesis"]] for b in report["verified_bugs"]]
     assert any(b.get("scanner") == "old" for b in bugs), report["verified_bugs"]
     assert not any(b.get("site") and "scanner" not in b for b in bugs)
+    assert not any("counterfactuals" in b for b in report["verified_bugs"])  # a dataset's images cannot be changed
 
     # verification read held-out images only
     audited = set(RunStore(tmp_path / "run").read(columns=["source"]).column("source").to_pylist())
@@ -117,6 +118,15 @@ def test_digits_corruption_job_on_ray(ray_session, tmp_path):
     assert report["verified_bugs"], "a CNN trained on clean digits fails under some corruption"
     for bug in report["verified_bugs"]:
         assert bug["n"] <= round(0.3 * 92)  # at most a digit's held-out test images (of <= 92), each once
+    # counterfactuals: the same held-out image under another corruption or severity
+    paired = [b for b in report["verified_bugs"] if b.get("counterfactuals")]
+    assert paired, [b["description"] for b in report["verified_bugs"]]
+    folder = tmp_path / "run" / "verify" / report["verification"]["folder"].rsplit("/", 1)[1]
+    made = {r["row_id"]: r for r in pq.read_table(folder / "counterfactual" / "plan.parquet").to_pylist()}
+    shown = {r["row_id"]: r for d in folder.glob("round-*") for r in pq.read_table(d / "plan.parquet").to_pylist()}
+    for change in paired[0]["counterfactuals"]:
+        for failing, changed in change["pairs"]:
+            assert made[changed]["source"] == shown[failing]["source"] and made[changed]["seed"] == shown[failing]["seed"]
     assert (tmp_path / "run" / "report.html").stat().st_size > 10_000
 
 

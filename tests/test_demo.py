@@ -56,6 +56,27 @@ def test_demo_spec_verifies_its_planted_bugs_first_and_second(demo_run):
     assert report["discovery"]["diagnosis"]["spearman"] > 0.3
     assert "verified bugs from" in done.stdout
 
+    # counterfactual pairs: the same failing images, the bug's value changed, everything else kept
+    flips = {c["change"]: c for c in second["counterfactuals"]}
+    assert set(flips) >= {"lighting: night -> day", "lighting: night -> dusk", "lighting: night -> fog"}
+    assert flips["lighting: night -> day"]["n"] >= 10
+    assert flips["lighting: night -> day"]["fixed"] >= 0.7 * flips["lighting: night -> day"]["n"], flips
+    on_grass = {c["change"]: c for c in first["counterfactuals"]}["background: not grass -> grass"]
+    assert on_grass["n"] >= 10 and on_grass["fixed"] >= 0.7 * on_grass["n"], first["counterfactuals"]
+    import pyarrow.dataset as pads
+
+    folder = run_dir / "verify" / report["verification"]["folder"].rsplit("/", 1)[1]
+    made = {r["row_id"]: r for r in pads.dataset(str(folder / "counterfactual" / "rows")).to_table(
+        columns=["row_id", "seed", "lighting", "background", "colour", "pair_of", "change"]).to_pylist()}
+    shown = {r["row_id"]: r for r in pads.dataset([str(p) for p in folder.glob("round-*/rows/shard-*/*.parquet")]).to_table(
+        columns=["row_id", "seed", "lighting", "background", "colour", "error"]).to_pylist()}
+    for failing, changed in flips["lighting: night -> day"]["pairs"]:
+        a, b = shown[failing], made[changed]
+        assert a["error"] and b["pair_of"] == failing and a["seed"] == b["seed"]
+        assert (a["lighting"], b["lighting"]) == ("night", "day") and (a["background"], a["colour"]) == \
+            (b["background"], b["colour"])
+    assert "same image, changed: " in done.stdout and "the same images, changed" in (run_dir / "report.html").read_text()
+
     diagnose = _vbugs("diagnose", str(run_dir), "a star at night", "a star in daylight")
     assert diagnose.returncode == 0, diagnose.stderr[-2000:]
     night, day = json.loads(diagnose.stdout)["phrases"]

@@ -133,7 +133,7 @@ def _folder(root, per_class: int) -> None:
 
 @pytest.mark.trains
 def test_a_folder_without_metadata_is_audited_and_its_phrase_bug_verified_on_held_out_images(
-        tmp_path, default_spec_dict):
+        tmp_path, default_spec_dict, restore_registry):
     """The toy CNN fails on stars at night (a planted bug); the folder says nothing of the
     lighting. The audit is class-only, discovery describes the stars' failures with the
     vocabulary, and "star, at night" is verified on held-out stars the embedder finds, none of

@@ -34,10 +34,16 @@ def test_verification_on_ray_finds_the_planted_bug_and_resumes(spec_dict, ray_se
     info = report["verification"]
     assert info["rounds_run"] == 2 and info["alpha_per_round"] == pytest.approx(0.025)
     folder = next((run_dir / "verify").iterdir())
-    files = sorted(str(p) for p in folder.glob("*/rows/shard-*/*.parquet"))
+    files = sorted(str(p) for p in folder.glob("*/rows/shard-*/*.parquet") if "counterfactual" not in p.parts)
     fresh = pads.dataset(files, format="parquet").to_table(
         columns=["row_id", "seed", "hypothesis", "arm", "error", "valid"])
-    assert fresh.num_rows == info["images_generated"]  # the rounds' rows and the replication's
+    # the counterfactuals: failing images made again under their own seeds, the description changed
+    pairs = pads.dataset(sorted(str(p) for p in folder.glob("counterfactual/rows/shard-*/*.parquet")),
+                         format="parquet").to_table(columns=["row_id", "seed", "pair_of"]).to_pylist()
+    assert pairs and fresh.num_rows + len(pairs) == info["images_generated"]  # rounds, replication, pairs
+    seed_of = dict(zip(fresh.column("row_id").to_pylist(), fresh.column("seed").to_pylist()))
+    assert all(seed_of[r["pair_of"]] == r["seed"] for r in pairs)
+    assert min(r["row_id"] for r in pairs) > max(seed_of)  # ids after the rounds' and the replication's
     grid = RunStore(run_dir).read(columns=["row_id", "seed"])
     assert not set(fresh.column("seed").to_pylist()) & set(grid.column("seed").to_pylist())
     assert len(set(fresh.column("seed").to_pylist())) == fresh.num_rows

@@ -77,7 +77,17 @@ def format_bugs(report: dict, top: int = 10) -> str:
         spread = _widest_open_axis(bug.get("by_open_axis", {}))
         if spread:
             lines.append(f"{'':>5}{spread}")
+        flips = _counterfactuals(bug.get("counterfactuals", []))
+        if flips:
+            lines.append(f"{'':>5}{flips}")
     return "\n".join(lines)
+
+
+def _counterfactuals(found: list[dict], most: int = 3) -> str:
+    """'same image, changed: lighting: night -> day fixes 11/12 · ...': what flips the prediction."""
+    if not found:
+        return ""
+    return "same image, changed: " + " · ".join(f"{c['change']} fixes {c['fixed']}/{c['n']}" for c in found[:most])
 
 
 def _widest_open_axis(by_axis: dict, min_images: int = 10) -> str:

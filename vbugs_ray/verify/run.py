@@ -9,7 +9,9 @@ settings and the captioner, so changing any of them starts a new folder and neve
   run resumes with the missing shards (a damaged one is set aside in ``round-N/damaged/`` and
   written again) and a finished one re-runs without generating anything;
 - ``round-N/pool/``: on a dataset, the held-out images embedded to find the round's phrase arms
-  (``verify.retrieval``), planned and resumed the same way, before the round's own plan.
+  (``verify.retrieval``), planned and resumed the same way, before the round's own plan;
+- ``replication/`` and ``counterfactual/``: a second sample of the verified bugs, and their failing
+  images made again with the description changed (``verify.counterfactuals``), the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from vbugs_ray.roles.vocabulary import candidate_phrases
 from vbugs_ray.spec import AuditSpec
 from vbugs_ray.store import RunStore, plan_ranges, plan_shards, rows_fingerprint
 from vbugs_ray.terminal import open_bar
-from vbugs_ray.verify import complements, retrieval
+from vbugs_ray.verify import complements, counterfactuals, retrieval
 from vbugs_ray.verify.hypotheses import Hypothesis, deduplicate
 from vbugs_ray.verify.plan import BASE, held_out_reader, plan_round
 from vbugs_ray.verify.sources import SOURCES, discover
@@ -186,16 +188,14 @@ class Verification:
     def _generate(self, folder: str, table: pa.Table, executor, progress: Progress) -> dict:
         """The folder's rows (generated first where missing), as the columns ``arms_of`` reads."""
         axes = self.spec.axis_names
+        texts = [*axes, "hypothesis", "pred", *(("source",) if "source" in table.column_names else ())]
         if table.num_rows == 0:  # every arm empty: a dataset holding no held-out image of what it describes
-            return {**{axis: np.zeros(0, str) for axis in axes}, "row_id": np.zeros(0, np.int64),
-                    "hypothesis": np.zeros(0, str), "pred": np.zeros(0, str), "valid": np.zeros(0, bool),
-                    "error": np.zeros(0, bool)}
+            return {**{name: np.zeros(0, str) for name in texts}, "row_id": np.zeros(0, np.int64),
+                    "seed": np.zeros(0, np.int64), "valid": np.zeros(0, bool), "error": np.zeros(0, bool)}
         rows = self._run_rows(folder, table, executor, progress).read(
-            columns=["row_id", "hypothesis", "pred", "valid", "error", *axes])
-        return {**{axis: rows.column(axis).to_numpy(zero_copy_only=False).astype(str) for axis in axes},
-                "row_id": rows.column("row_id").to_numpy(),
-                "hypothesis": rows.column("hypothesis").to_numpy(zero_copy_only=False).astype(str),
-                "pred": rows.column("pred").to_numpy(zero_copy_only=False).astype(str),
+            columns=["row_id", "seed", "valid", "error", *texts])
+        return {**{name: rows.column(name).to_numpy(zero_copy_only=False).astype(str) for name in texts},
+                "row_id": rows.column("row_id").to_numpy(), "seed": rows.column("seed").to_numpy(),
                 "valid": rows.column("valid").to_numpy(zero_copy_only=False).astype(bool),
                 "error": rows.column("error").to_numpy(zero_copy_only=False).astype(bool)}
 
@@ -243,6 +243,33 @@ class Verification:
                  f"significant again on a second fresh sample (BH level {self.settings.alpha:g})")
         return table.num_rows
 
+    def _counterfactuals(self, bugs: list[dict], made: list[dict], next_row: int, executor, progress: Progress) -> int:
+        """Each verified bug's failing images made again with its description changed
+        (``verify.counterfactuals``); adds ``counterfactuals`` to the bugs. Returns the images made."""
+        cls = registry.backend_class("generator", self.spec.generator.backend)
+        draws = not getattr(cls, "reads_dataset", False)
+        if not getattr(cls, "draws_axes", draws) or not made:
+            return 0  # a dataset's images cannot be changed
+        folder = self.root / "counterfactual"
+        keys = [b["hypothesis"] for b in bugs[:counterfactuals.MAX_BUGS]]
+        if (folder / "plan.json").exists() and json.loads((folder / "plan.json").read_text())["bugs"] != keys:
+            progress("counterfactuals: the verified bugs changed since their images were planned; planning again")
+            shutil.rmtree(folder)
+        if (folder / "plan.json").exists():
+            table = pq.read_table(folder / "plan.parquet")
+        else:
+            rows = {name: np.concatenate([m[name] for m in made]) for name in made[0]}
+            table = counterfactuals.plan(self.spec, bugs, self.hypotheses, rows, next_row, draws)
+            _save_plan(folder, table, {"bugs": keys})
+        if table.num_rows == 0:
+            return 0
+        counterfactuals.summarise(bugs, table, self._generate("counterfactual", table, executor, progress))
+        pairs = sum(c["n"] for b in bugs for c in b.get("counterfactuals", []))
+        fixed = sum(c["fixed"] for b in bugs for c in b.get("counterfactuals", []))
+        progress(f"counterfactuals: {pairs} failing images made again with their description changed; "
+                 f"{fixed} classified correctly then")
+        return table.num_rows
+
     def run(self, flagged: list[dict], progress: Progress) -> dict:
         queue, discovery = self.queue(flagged, progress)
         grid = self.store.read(columns=["row_id", "seed"])
@@ -259,6 +286,7 @@ class Verification:
 
         generated = 0
         rounds_run = 0
+        made: list[dict] = []  # each round's rows (the counterfactuals' failing images are among them)
         alpha = self.settings.alpha_per_round
         session = ray_session(self.spec.run, progress, actor_needs(self.spec)) if self.spec.run.executor == "ray" \
             else contextlib.nullcontext()
@@ -271,6 +299,7 @@ class Verification:
                     tests, table, next_row = planned
                     t0 = time.time()
                     columns = self._generate(f"round-{index}", table, executor, progress)
+                    made.append(columns)
                     generated += table.num_rows
                     rounds_run = index
                     self.arms.update(arms_of(columns, tuple(self.spec.axis_names)))
@@ -283,7 +312,10 @@ class Verification:
                              f"{time.time() - t0:.0f}s)")
                 bugs = merge_bugs(self.spec, self.hypotheses, self.verdicts, self.arms, alpha)
                 if self.settings.replicate and bugs:
-                    generated += self._replicate(bugs, next_row, used, executor, progress)
+                    replicated = self._replicate(bugs, next_row, used, executor, progress)
+                    generated, next_row = generated + replicated, next_row + replicated
+                if bugs:
+                    generated += self._counterfactuals(bugs, made, next_row, executor, progress)
                 generated += self.pool_rows
             finally:
                 if executor_box:

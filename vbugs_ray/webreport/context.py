@@ -17,6 +17,7 @@ from vbugs_ray.webreport import plots
 from vbugs_ray.webreport.galleries import Rows
 
 MAX_CARDS = 20  # bugs (or flagged slices) with a card of their own; the table lists them all
+PAIRS_SHOWN = 6  # counterfactual pairs shown per bug (its most fixing change's)
 MODEL_KEYS = ("model", "model_id", "model_name", "pretrained", "checkpoint", "path")
 
 
@@ -123,8 +124,8 @@ def _bug_cards(report: dict, run_dir: Path, spec: dict) -> list[dict]:
     (the reference arm of a complement, else the class's base arm outside the bug's values)."""
     folder = run_dir / "verify" / Path(report["verification"]["folder"]).name
     # the published shards of each round (the report was judged on them; staging folders are hidden)
-    files = sorted(str(p) for sub in [*sorted(folder.glob("round-*")), folder / "replication"]
-                   for p in (sub / "rows").glob("shard-*/*") if PART_NAME.fullmatch(p.name))
+    folders = [*sorted(folder.glob("round-*")), folder / "replication", folder / "counterfactual"]
+    files = sorted(str(p) for sub in folders for p in (sub / "rows").glob("shard-*/*") if PART_NAME.fullmatch(p.name))
     rows = Rows(files, list(spec.get("axes", {})))
     hypotheses = {h["key"]: h for h in report.get("hypotheses", [])}
     ids, cards = {}, []
@@ -146,6 +147,9 @@ def _bug_cards(report: dict, run_dir: Path, spec: dict) -> list[dict]:
             without = rows.valid & (arms == "base") & (classes == bug["class"]) & ~inside
         ids[f"fail{index}"] = rows.pick(own & errors & rows.valid)
         ids[f"without{index}"] = rows.pick(without)
+        best = (bug.get("counterfactuals") or [None])[0]  # the change that fixes the most pairs
+        for j, (failing, changed) in enumerate(best["pairs"][:PAIRS_SHOWN] if best else []):
+            ids[f"cf{index}.{j}.a"], ids[f"cf{index}.{j}.b"] = [failing], [changed]
         captions, phrases = _phrases(hypotheses, [e["hypothesis"] for e in bug.get("evidence", [])] or [bug["hypothesis"]])
         cards.append({"index": index, "bug": bug, "captions": captions, "phrases": phrases,
                       "without_label": f"{fresh} of {bug.get('tested_against', bug['class'])}"
@@ -153,7 +157,11 @@ def _bug_cards(report: dict, run_dir: Path, spec: dict) -> list[dict]:
                       "by_open_axis": _open_axes(bug.get("by_open_axis", {}))})
     tiles = rows.tiles(ids)
     for card in cards:
-        card["failing"], card["without"] = tiles[f"fail{card['index']}"], tiles[f"without{card['index']}"]
+        i = card["index"]
+        card["failing"], card["without"] = tiles[f"fail{i}"], tiles[f"without{i}"]
+        card["pairs"] = [(tiles[f"cf{i}.{j}.a"][0], tiles[f"cf{i}.{j}.b"][0]) for j in range(PAIRS_SHOWN)
+                         if tiles.get(f"cf{i}.{j}.a") and tiles.get(f"cf{i}.{j}.b")]
+        card["change"] = (card["bug"].get("counterfactuals") or [{}])[0]
     return cards
 
 

@@ -58,6 +58,7 @@ class ReadingGenerator:
     """Base of ``dataset`` and ``corruptions``: reads the batch's images by key."""
 
     reads_dataset = True
+    draws_axes = False  # its images cannot be made again with other axis values (counterfactuals)
     Options = ReadingOptions
 
     @classmethod

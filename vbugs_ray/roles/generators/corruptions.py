@@ -57,6 +57,8 @@ def _pools_of(source, classes: tuple[str, ...], held_out: float, seed: int):
 
 
 class CorruptionsGenerator(ReadingGenerator):
+    draws_axes = True  # the same image under another corruption or severity (counterfactuals)
+
     @classmethod
     def check(cls, options, spec) -> None:
         super().check(options, spec)
