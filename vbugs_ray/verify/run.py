@@ -219,20 +219,11 @@ class Verification:
         """Each verified bug's description again, on a second fresh sample (new seeds, new base
         images), one-sided Fisher with BH over the bugs at ``alpha``: a bug that replicates is not
         the luck of one sample. Adds ``replication`` to each bug; returns the images generated."""
-        folder = self.root / "replication"
         tests = [self.hypotheses[b["hypothesis"]] for b in bugs]
         index = self.settings.rounds + 1  # its own seed stream, after the rounds'
-        keys = [b["hypothesis"] for b in bugs]
-        if (folder / "plan.json").exists() and json.loads((folder / "plan.json").read_text())["bugs"] != keys:
-            # the rounds' rows are the same but another release merges them into other bugs
-            progress("replication: the verified bugs changed since its images were planned; planning again")
-            shutil.rmtree(folder)
-        if (folder / "plan.json").exists():
-            table = pq.read_table(folder / "plan.parquet")
-        else:
-            base = sorted({h.class_name for h in tests}, key=self.spec.classes.index)
-            table = plan_round(self.spec, tests, base, self.settings.images_per_hypothesis, next_row, used, index)
-            _save_plan(folder, table, {"bugs": keys})
+        base = sorted({h.class_name for h in tests}, key=self.spec.classes.index)
+        table = self._plan_for_bugs("replication", [b["hypothesis"] for b in bugs], lambda: plan_round(
+            self.spec, tests, base, self.settings.images_per_hypothesis, next_row, used, index), progress)
         verdicts = judge_round(tests, arms_of(self._generate("replication", table, executor, progress)),
                                self.settings.alpha, index)
         for bug, h in zip(bugs, tests):
@@ -243,6 +234,21 @@ class Verification:
                  f"significant again on a second fresh sample (BH level {self.settings.alpha:g})")
         return table.num_rows
 
+    def _plan_for_bugs(self, name: str, keys: list[str], make: Callable[[], pa.Table], progress: Progress
+                       ) -> pa.Table:
+        """The rows ``name`` (replication, counterfactual) planned for these verified bugs: the
+        stored plan, or ``make()``'s when none is stored or the bugs changed since (the rounds'
+        rows are the same, but another release merges them into other bugs)."""
+        folder = self.root / name
+        if (folder / "plan.json").exists() and json.loads((folder / "plan.json").read_text())["bugs"] != keys:
+            progress(f"{name}: the verified bugs changed since its images were planned; planning again")
+            shutil.rmtree(folder)
+        if (folder / "plan.json").exists():
+            return pq.read_table(folder / "plan.parquet")
+        table = make()
+        _save_plan(folder, table, {"bugs": keys})
+        return table
+
     def _counterfactuals(self, bugs: list[dict], made: list[dict], next_row: int, executor, progress: Progress) -> int:
         """Each verified bug's failing images made again with its description changed
         (``verify.counterfactuals``); adds ``counterfactuals`` to the bugs. Returns the images made."""
@@ -250,17 +256,10 @@ class Verification:
         draws = not getattr(cls, "reads_dataset", False)
         if not getattr(cls, "draws_axes", draws) or not made:
             return 0  # a dataset's images cannot be changed
-        folder = self.root / "counterfactual"
-        keys = [b["hypothesis"] for b in bugs[:counterfactuals.MAX_BUGS]]
-        if (folder / "plan.json").exists() and json.loads((folder / "plan.json").read_text())["bugs"] != keys:
-            progress("counterfactuals: the verified bugs changed since their images were planned; planning again")
-            shutil.rmtree(folder)
-        if (folder / "plan.json").exists():
-            table = pq.read_table(folder / "plan.parquet")
-        else:
-            rows = {name: np.concatenate([m[name] for m in made]) for name in made[0]}
-            table = counterfactuals.plan(self.spec, bugs, self.hypotheses, rows, next_row, draws)
-            _save_plan(folder, table, {"bugs": keys})
+        rows = {name: np.concatenate([m[name] for m in made]) for name in made[0]}
+        table = self._plan_for_bugs("counterfactual", [b["hypothesis"] for b in bugs[:counterfactuals.MAX_BUGS]],
+                                    lambda: counterfactuals.plan(self.spec, bugs, self.hypotheses, rows, next_row,
+                                                                 draws), progress)
         if table.num_rows == 0:
             return 0
         counterfactuals.summarise(bugs, table, self._generate("counterfactual", table, executor, progress))
