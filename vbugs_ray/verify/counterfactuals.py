@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from vbugs_ray.spec import AuditSpec
 from vbugs_ray.verify.hypotheses import Hypothesis, prompts_of
+from vbugs_ray.verify.plan import rows_table
 
 PAIRS = 12  # failing images per bug made again
 MAX_BUGS = 10  # the most severe bugs get pairs
@@ -79,12 +80,7 @@ def plan(spec: AuditSpec, bugs: list[dict], hypotheses: dict[str, Hypothesis], r
                 columns["change"].append(change.label)
                 if "source" in columns:
                     columns["source"].append(str(rows["source"][i]))
-    n = len(columns["cell"])
-    table = {"row_id": pa.array(np.arange(first_row_id, first_row_id + n, dtype=np.int64))}
-    for name, values in columns.items():
-        table[name] = pa.array(values, pa.int64() if name in ("cell", "replicate", "label", "seed", "pair_of")
-                               else pa.string())
-    return pa.table(table)
+    return rows_table(columns, first_row_id)
 
 
 def summarise(bugs: list[dict], planned: pa.Table, made: dict[str, np.ndarray]) -> None:

@@ -80,10 +80,9 @@ def plan_round(spec: AuditSpec, tests: list[Hypothesis], base_classes: list[str]
         rng = np.random.default_rng([spec.seed, round_index, _stream(name)])
         seeds = None
         if reader:  # held-out images that show the arm's description (perhaps fewer than n)
-            if phrases:
+            if phrases:  # the seeds the pool's images were embedded under (already used)
                 values = phrase_rows(h, n)
                 seeds = values["seed"]
-                used_seeds.update(seeds)
             else:
                 values = reader(class_name, predicates, excluded, n, rng)
             k = len(values["source"])
@@ -103,8 +102,16 @@ def plan_round(spec: AuditSpec, tests: list[Hypothesis], base_classes: list[str]
                                                                        used_seeds).tolist()
         columns["hypothesis"] += [name] * k
         columns["arm"] += [arm] * k
-    total = len(columns["prompt"])
-    table = {"row_id": pa.array(np.arange(first_row_id, first_row_id + total, dtype=np.int64))}
+    return rows_table(columns, first_row_id)
+
+
+INT_COLUMNS = ("cell", "replicate", "label", "seed", "pair_of")  # a planned row's integer columns; the rest text
+
+
+def rows_table(columns: dict[str, list], first_row_id: int) -> pa.Table:
+    """Planned rows as the pipeline takes them: row ids from ``first_row_id``, then ``columns``."""
+    n = len(columns["prompt"])
+    table = {"row_id": pa.array(np.arange(first_row_id, first_row_id + n, dtype=np.int64))}
     for name, values in columns.items():
-        table[name] = pa.array(values, pa.int64() if name in ("cell", "replicate", "label", "seed") else pa.string())
+        table[name] = pa.array(values, pa.int64() if name in INT_COLUMNS else pa.string())
     return pa.table(table)
